@@ -1,0 +1,99 @@
+"""Training configuration: one typed dataclass, named presets, and the command-line flags made from it.
+
+Precedence: the dataclass defaults, then the preset, then the flags given on the command line.
+"""
+import argparse
+from dataclasses import dataclass, field, fields, replace
+from typing import Optional
+
+from fastgpt.model import GPTConfig
+
+
+def _opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # data and output
+    data: Optional[str] = _opt(None, "UTF-8 text file to train on (default: tiny Shakespeare, "
+                                     "downloaded once into $FASTGPT_DATA_DIR or the user cache)")
+    out_dir: str = _opt("out", "directory for checkpoints (last.pt, best.pt), metrics.jsonl and loss.png")
+    resume: bool = _opt(False, "continue from out_dir/last.pt exactly where it stopped")
+    seed: int = _opt(1337, "seed of every random number generator")
+    device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    attention: str = _opt("auto", "attention backend: auto, torch, cpp or triton",
+                          choices=("auto", "torch", "cpp", "triton"))
+    # model
+    block_size: int = _opt(128, "context length in characters")
+    n_layer: int = _opt(4, "transformer blocks")
+    n_head: int = _opt(4, "attention heads per block")
+    n_embd: int = _opt(32, "embedding width (divisible by n_head)")
+    dropout: float = _opt(0.2, "dropout on attention weights, projections and MLP, in [0, 1)")
+    # optimisation
+    batch_size: int = _opt(32, "sequences per step")
+    max_iters: int = _opt(5000, "training steps")
+    learning_rate: float = _opt(3e-4, "peak learning rate of AdamW")
+    lr_schedule: str = _opt("constant", "constant (the lecture) or cosine (linear warm-up, then "
+                                        "cosine decay to min_lr, as nanoGPT)", choices=("constant", "cosine"))
+    warmup_iters: int = _opt(0, "linear warm-up steps of the cosine schedule")
+    min_lr: float = _opt(3e-5, "final learning rate of the cosine schedule")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (torch's default, as the lecture)")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.999, "AdamW beta2")
+    grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 turns clipping off)")
+    # evaluation and output
+    eval_interval: int = _opt(500, "steps between evaluations and checkpoints")
+    eval_iters: int = _opt(200, "batches per split in each evaluation")
+    sample_chars: int = _opt(200, "characters sampled and printed at the end (0: none)")
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
+                         attention=self.attention)
+
+
+PRESETS: dict[str, dict] = {
+    # The seed's CPU table.
+    "cpu": dict(batch_size=32, block_size=128, n_embd=32, n_head=4, n_layer=4, dropout=0.2,
+                learning_rate=3e-4, max_iters=5000, eval_interval=500, eval_iters=200),
+    # The lecture's GPU run.
+    "gpu": dict(batch_size=64, block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2,
+                learning_rate=3e-4, max_iters=5000, eval_interval=500, eval_iters=200),
+    # nanoGPT's shakespeare_char recipe on CPU (its README's command line).
+    "nanogpt-cpu": dict(batch_size=12, block_size=64, n_embd=128, n_head=4, n_layer=4, dropout=0.0,
+                        learning_rate=1e-3, max_iters=2000, lr_schedule="cosine", warmup_iters=100,
+                        min_lr=1e-4, beta2=0.99, weight_decay=0.1, eval_interval=250, eval_iters=20),
+}
+
+
+def default_preset() -> str:
+    import torch
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="named hyperparameters, overridden by any flag given "
+                             "(default: gpu when CUDA is available, else cpu)")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            continue
+        kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
+                            help=f"{help_text} (default: {getattr(defaults, f.name)} or the preset's)",
+                            **meta)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the preset, then the flags that were given."""
+    preset = PRESETS[args.preset or default_preset()]
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    return replace(TrainConfig(), **{**preset, **given})
