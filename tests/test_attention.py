@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from fastgpt.attention import (causal_attention, causal_attention_op, dropout_keep_mask,
-                               philox_uint32, reference_attention, resolve_backend)
+from fastgpt.attention import (causal_attention, dropout_keep_mask, reference_attention,
+                               resolve_backend)
+from fastgpt.attention_op import causal_attention_op, philox_uint32
 
 
 def qkv(B=2, H=3, T=17, D=8, dtype=torch.float64, requires_grad=False):
