@@ -8,6 +8,8 @@ causal mask and the 1/sqrt(D) scale of the lecture, drops attention weights with
   and the fallback whenever a fused path cannot run.
 - ``cpp``: the fused CPU kernel of the C++ extension (`fastgpt._C`).
 - ``triton``: the fused Triton kernel on CUDA.
+- ``sdpa``: `torch.nn.functional.scaled_dot_product_attention`, PyTorch's own kernel; a baseline
+  for benchmarks (it draws its own dropout mask, so it takes no `seed`).
 
 The fused backends are one registered op, ``fastgpt::causal_attention`` (`fastgpt.attention_op`),
 with a kernel per device. Their dropout is a pure function of a seed and the element's position
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from fastgpt.attention_op import causal_attention_op, draw_seed, torch_keep_mask
 
-BACKENDS = ("torch", "cpp", "triton")
+BACKENDS = ("torch", "cpp", "triton", "sdpa")
 
 # ---------------------------------------------------------------------------------------------
 # The reference
@@ -73,6 +75,12 @@ def _fused_attend(q, k, v, dropout_p, seed):
     return causal_attention_op(q, k, v, dropout_p, seed)[0]
 
 
+def _sdpa_attend(q, k, v, dropout_p, seed):
+    if seed is not None and dropout_p > 0:
+        raise ValueError("the sdpa backend draws its own dropout mask and takes no seed")
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+
 def _cpp_unsupported(device_type: str, dtype: torch.dtype, head_size: int) -> Optional[str]:
     return "the C++ extension is not part of this build yet"
 
@@ -85,6 +93,7 @@ _BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", lambda device_type, dtype, head_size: None, _torch_attend),
     "cpp": Backend("cpp", _cpp_unsupported, _fused_attend),
     "triton": Backend("triton", _triton_unsupported, _fused_attend),
+    "sdpa": Backend("sdpa", lambda device_type, dtype, head_size: None, _sdpa_attend),
 }
 
 # What `auto` tries, fastest first, by device type; `torch` ends every list.

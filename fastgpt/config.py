@@ -22,8 +22,9 @@ class TrainConfig:
     resume: bool = _opt(False, "continue from out_dir/last.pt exactly where it stopped")
     seed: int = _opt(1337, "seed of every random number generator")
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    attention: str = _opt("auto", "attention backend: auto, torch, cpp or triton",
-                          choices=("auto", "torch", "cpp", "triton"))
+    attention: str = _opt("auto", "attention backend: auto (the fastest available), torch, cpp, "
+                                  "triton, or sdpa (PyTorch's kernel, a baseline)",
+                          choices=("auto", "torch", "cpp", "triton", "sdpa"))
     # model
     block_size: int = _opt(128, "context length in characters")
     n_layer: int = _opt(4, "transformer blocks")

@@ -24,7 +24,7 @@ class GPTConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.2
-    attention: str = "auto"  # auto | torch | cpp | triton: how attention runs, not what it computes
+    attention: str = "auto"  # auto | torch | cpp | triton | sdpa: how attention runs, not what
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -102,7 +102,7 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def set_attention(self, backend: str) -> None:
-        """Switch every layer to another attention backend (auto | torch | cpp | triton)."""
+        """Switch every layer to another attention backend (see fastgpt.attention)."""
         self.config.attention = backend
         for block in self.blocks:
             block.attn.backend = backend
