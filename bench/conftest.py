@@ -1,0 +1,18 @@
+"""Benchmarks run with an explicit CPU thread count (FASTGPT_BENCH_THREADS, default 2), recorded in
+pytest-benchmark's machine_info so every saved report says how many threads it used."""
+import os
+
+import torch
+
+THREADS = int(os.environ.get("FASTGPT_BENCH_THREADS", "2"))
+torch.set_num_threads(THREADS)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["torch_version"] = torch.__version__
+    machine_info["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def pytest_report_header(config):
+    return f"fastgpt benchmarks: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
