@@ -1,0 +1,443 @@
+"""Fused causal attention in Triton: FlashAttention-2 forward and backward with in-kernel dropout.
+
+Installed as `fastgpt.kernels.flash_attention`; `fastgpt.triton_attention` registers the launchers
+below as the CUDA kernels of the op `fastgpt::causal_attention` (and of its backward op).
+
+What it computes: out = dropout(softmax(q kᵀ / sqrt(D) + causal mask)) v for q, k, v (B, H, T, D),
+and the row logsumexp of the masked, scaled scores (natural log, float32), which the backward uses
+to recompute the probabilities instead of storing the (T, T) matrix.
+
+Supports
+- fp16, bf16 and fp32 inputs (any strides: they are passed to the kernels explicitly), with fp32
+  accumulation and an fp32 online softmax. fp16/bf16 dots run on tensor cores. fp32 dots use
+  input_precision="ieee": no TF32, so fp32 results carry fp32 rounding like PyTorch's default
+  fp32 matmul (slower than TF32; use bf16 for speed).
+- head sizes 1 to 128 (the head axis is padded to a power of two >= 16 and masked); any T (tiles
+  on the tail are masked, no "T % 128 == 0" rule).
+- dropout on the attention weights from Philox in the kernel: element (b, h, i, j) is kept iff
+  tl.randint(seed, ((b·H + h)·T + i)·T + j) >= floor(p·2**32) (unsigned), and kept weights are
+  scaled by 1/(1 - p); the backward regenerates the same mask, nothing is stored. This is the mask
+  of `fastgpt.attention_op.torch_keep_mask`, so CPU and GPU runs match element by element.
+
+How: the forward walks key tiles left of the diagonal without any mask, then the diagonal tiles
+with the causal mask (tiles right of the diagonal are never visited). The backward runs a
+preprocessing pass delta = rowsum(dO ∘ O), then one kernel per key tile accumulating dK and dV
+over the query tiles at and below the diagonal, and one kernel per query tile accumulating dQ
+over the key tiles at and left of it. No atomics: every output element is written by exactly one
+program, so results are identical run to run.
+
+Tile sizes are autotuned per (T rounded up to a power of two, head size, dtype, dropout on/off).
+Under TRITON_INTERPRET=1 (read by Triton when the kernels are decorated, i.e. when this module is
+imported) each kernel has one small configuration, so the interpreter tests stay fast, with
+query and key tiles of different sizes so the multi-tile diagonal paths are exercised.
+
+Limits: no float64 (use the reference), no head size above 128, T·T·B·H < 2**63.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastgpt.attention_op import dropout_threshold
+
+# Whether Triton was told to interpret (TRITON_INTERPRET=1) when these kernels were decorated:
+# then they run on CPU tensors in Triton's interpreter; otherwise they need a CUDA device.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+MAX_HEAD_SIZE = 128
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+LOG2E = tl.constexpr(1.4426950408889634)  # the kernels use exp2: e**x = 2**(x·log2 e)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autotuning: configurations keyed on shape
+# ---------------------------------------------------------------------------------------------
+
+
+def _configs(blocks: list[tuple[int, int]], warps_stages: list[tuple[int, int]],
+             interpreter_blocks: tuple[int, int]) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N) × (num_warps, num_stages) on a GPU; one small config in the interpreter."""
+    if INTERPRETED:
+        block_m, block_n = interpreter_blocks
+        return [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=1, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n in blocks for w, s in warps_stages]
+
+
+def _prune_to_length(configs, named_args, **kwargs):
+    """Drop tiles larger than the sequence (all padding); keep the smallest tile if none fits."""
+    fits = [c for c in configs
+            if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= named_args["T_BUCKET"]]
+    smallest = min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in configs)
+    return fits or [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] == smallest]
+
+
+# Sequence length rounded up to a power of two, head size, dropout on/off (and the dtypes, which
+# the autotuner adds by itself): sampling grows T one token at a time and would re-tune each step.
+_TUNE_KEY = ["T_BUCKET", "HEAD_DIM", "DROPOUT"]
+_WARPS_STAGES = [(4, 2), (4, 3), (8, 3), (4, 4)]
+_PRUNE = {"early_config_prune": _prune_to_length}
+
+# Forward and dQ: BLOCK_M query rows against BLOCK_N-key tiles (BLOCK_N divides BLOCK_M).
+_ROW_TILES = _configs([(128, 64), (128, 32), (64, 64), (64, 32), (128, 128), (32, 16)],
+                      _WARPS_STAGES, interpreter_blocks=(32, 16))
+# dK/dV: BLOCK_N key rows against BLOCK_M-query tiles (BLOCK_M divides BLOCK_N).
+_COLUMN_TILES = _configs([(32, 128), (64, 128), (32, 64), (64, 64), (16, 64), (16, 32)],
+                         _WARPS_STAGES, interpreter_blocks=(16, 32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _keep(seed, offsets, threshold):
+    """Dropout keep-mask at these element offsets: the Philox word is >= threshold (unsigned)."""
+    return tl.randint(seed, offsets) >= threshold.to(tl.uint32)
+
+
+@triton.jit
+def _load_rows(ptr, offs_rows, offs_d, stride_t, stride_d, T, HEAD_DIM: tl.constexpr,
+               MASK_ROWS: tl.constexpr):
+    """A (rows, BLOCK_D) tile, zero outside the head size and, with MASK_ROWS, past row T - 1."""
+    mask = offs_d[None, :] < HEAD_DIM
+    if MASK_ROWS:
+        mask = mask & (offs_rows[:, None] < T)
+    return tl.load(ptr + offs_rows[:, None] * stride_t + offs_d[None, :] * stride_d,
+                   mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, tile, offs_rows, offs_d, stride_t, stride_d, T, HEAD_DIM: tl.constexpr):
+    mask = (offs_rows[:, None] < T) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(ptr + offs_rows[:, None] * stride_t + offs_d[None, :] * stride_d,
+             tile.to(ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt, stride_vd,
+                   offs_m, offs_d, row_offsets, lo, hi, T, qk_scale, seed, threshold,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
+                   DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over key tiles [lo, hi): running max m_i and sum l_i in log2 units, acc the
+    unnormalised (dropped) output. DIAGONAL tiles get the causal mask and the tail mask."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr, offs_n, offs_d, stride_kt, stride_kd, T, HEAD_DIM, DIAGONAL)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if DIAGONAL:
+            # keys past T are also past every real row, so the causal mask covers the tail
+            s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts every weight, dropped or not
+        if DROPOUT:
+            p = tl.where(_keep(seed, row_offsets[:, None] + offs_n[None, :], threshold), p, 0.0)
+        v = _load_rows(v_ptr, offs_n, offs_d, stride_vt, stride_vd, T, HEAD_DIM, DIAGONAL)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_ROW_TILES, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=["seed", "threshold"])
+def _forward_kernel(Q, K, V, O, LSE,
+                    stride_qb, stride_qh, stride_qt, stride_qd,
+                    stride_kb, stride_kh, stride_kt, stride_kd,
+                    stride_vb, stride_vh, stride_vt, stride_vd,
+                    stride_ob, stride_oh, stride_ot, stride_od,
+                    H, T, T_BUCKET, sm_scale, seed, threshold, keep_scale,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)  # b·H + h
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_offsets = (bh * T + offs_m) * T  # Philox offset of element (b, h, i, 0), int64
+
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, stride_qd, T,
+                   HEAD_DIM, True)
+    k_ptr, v_ptr = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * LOG2E  # scores in log2 units for exp2
+
+    # keys left of the diagonal block: every one is visible to every row of this block
+    acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd,
+                                   stride_vt, stride_vd, offs_m, offs_d, row_offsets, 0, start_m,
+                                   T, qk_scale, seed, threshold, HEAD_DIM, BLOCK_N, False,
+                                   DROPOUT, DOT_PRECISION)
+    # the diagonal block, in BLOCK_N-wide tiles, masked; tiles starting past T are skipped
+    acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd,
+                                   stride_vt, stride_vd, offs_m, offs_d, row_offsets, start_m,
+                                   tl.minimum(start_m + BLOCK_M, T), T, qk_scale, seed, threshold,
+                                   HEAD_DIM, BLOCK_N, True, DROPOUT, DOT_PRECISION)
+
+    out = acc / l_i[:, None]
+    if DROPOUT:
+        out = out * keep_scale
+    _store_rows(O + b * stride_ob + h * stride_oh, out, offs_m, offs_d, stride_ot, stride_od, T,
+                HEAD_DIM)
+    lse = (m_i + tl.log2(l_i)) * LN2  # back to natural log
+    tl.store(LSE + bh * T + offs_m, lse, mask=offs_m < T)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _delta_kernel(O, DO, DELTA,
+                  stride_ob, stride_oh, stride_ot, stride_od,
+                  stride_dob, stride_doh, stride_dot, stride_dod,
+                  H, T, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta = rowsum(dO ∘ O), which equals rowsum(P ∘ dP) with or without dropout."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_rows(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_ot, stride_od, T,
+                   HEAD_DIM, True)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, stride_dod,
+                    T, HEAD_DIM, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh * T + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
+                stride_dot, stride_dod, offs_n, offs_d, bh, lo, hi, T, qk_scale, seed, threshold,
+                keep_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dK, dV of one key tile over query tiles [lo, hi), everything transposed
+    (keys along rows). Query rows past T load as zeros (q, dO, lse, delta) and add exactly 0."""
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = _load_rows(q_ptr, offs_m, offs_d, stride_qt, stride_qd, T, HEAD_DIM, True)
+        do = _load_rows(do_ptr, offs_m, offs_d, stride_dot, stride_dod, T, HEAD_DIM, True)
+        lse = tl.load(lse_ptr + offs_m, mask=offs_m < T, other=0.0) * LOG2E
+        delta = tl.load(delta_ptr + offs_m, mask=offs_m < T, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        p_t = tl.exp2(s_t - lse[None, :])
+        if DIAGONAL:
+            p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        if DROPOUT:
+            keep = _keep(seed, (bh * T + offs_m[None, :]) * T + offs_n[:, None], threshold)
+            dp_t = tl.where(keep, dp_t * keep_scale, 0.0)
+            dropped_p_t = tl.where(keep, p_t, 0.0)  # times 1/(1-p) once, at the end
+        else:
+            dropped_p_t = p_t
+        dv += tl.dot(dropped_p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.autotune(configs=_COLUMN_TILES, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=["seed", "threshold"])
+def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+                 stride_qb, stride_qh, stride_qt, stride_qd,
+                 stride_kb, stride_kh, stride_kt, stride_kd,
+                 stride_vb, stride_vh, stride_vt, stride_vd,
+                 stride_dob, stride_doh, stride_dot, stride_dod,
+                 stride_dkb, stride_dkh, stride_dkt, stride_dkd,
+                 stride_dvb, stride_dvh, stride_dvt, stride_dvd,
+                 H, T, T_BUCKET, sm_scale, seed, threshold, keep_scale,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, offs_d, stride_kt, stride_kd, T,
+                   HEAD_DIM, True)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, offs_d, stride_vt, stride_vd, T,
+                   HEAD_DIM, True)
+    q_ptr, do_ptr = Q + b * stride_qb + h * stride_qh, DO + b * stride_dob + h * stride_doh
+    lse_ptr, delta_ptr = LSE + bh * T, DELTA + bh * T
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * LOG2E
+
+    # the diagonal block: queries [start_n, start_n + BLOCK_N), masked
+    diagonal_end = tl.minimum(start_n + BLOCK_N, T)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
+                         stride_dot, stride_dod, offs_n, offs_d, bh, start_n, diagonal_end, T,
+                         qk_scale, seed, threshold, keep_scale, HEAD_DIM, BLOCK_M, True, DROPOUT,
+                         DOT_PRECISION)
+    # queries below it see every key of this tile
+    dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
+                         stride_dot, stride_dod, offs_n, offs_d, bh, diagonal_end, T, T, qk_scale,
+                         seed, threshold, keep_scale, HEAD_DIM, BLOCK_M, False, DROPOUT,
+                         DOT_PRECISION)
+    if DROPOUT:
+        dv = dv * keep_scale
+    _store_rows(DK + b * stride_dkb + h * stride_dkh, dk * sm_scale, offs_n, offs_d, stride_dkt,
+                stride_dkd, T, HEAD_DIM)
+    _store_rows(DV + b * stride_dvb + h * stride_dvh, dv, offs_n, offs_d, stride_dvt, stride_dvd,
+                T, HEAD_DIM)
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt, stride_vd,
+              offs_m, offs_d, row_offsets, lo, hi, T, qk_scale, seed, threshold, keep_scale,
+              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
+              DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dQ (without the 1/sqrt(D)) of one query tile over key tiles [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr, offs_n, offs_d, stride_kt, stride_kd, T, HEAD_DIM, DIAGONAL)
+        v = _load_rows(v_ptr, offs_n, offs_d, stride_vt, stride_vd, T, HEAD_DIM, DIAGONAL)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(s - lse[:, None])
+        if DIAGONAL:
+            p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if DROPOUT:
+            keep = _keep(seed, row_offsets[:, None] + offs_n[None, :], threshold)
+            dp = tl.where(keep, dp * keep_scale, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.autotune(configs=_ROW_TILES, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=["seed", "threshold"])
+def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+               stride_qb, stride_qh, stride_qt, stride_qd,
+               stride_kb, stride_kh, stride_kt, stride_kd,
+               stride_vb, stride_vh, stride_vt, stride_vd,
+               stride_dob, stride_doh, stride_dot, stride_dod,
+               stride_dqb, stride_dqh, stride_dqt, stride_dqd,
+               H, T, T_BUCKET, sm_scale, seed, threshold, keep_scale,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_offsets = (bh * T + offs_m) * T
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, stride_qd, T,
+                   HEAD_DIM, True)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, stride_dod,
+                    T, HEAD_DIM, True)
+    lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=0.0) * LOG2E
+    delta = tl.load(DELTA + bh * T + offs_m, mask=offs_m < T, other=0.0)
+    k_ptr, v_ptr = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * LOG2E
+
+    dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt,
+                   stride_vd, offs_m, offs_d, row_offsets, 0, start_m, T, qk_scale, seed,
+                   threshold, keep_scale, HEAD_DIM, BLOCK_N, False, DROPOUT, DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt,
+                   stride_vd, offs_m, offs_d, row_offsets, start_m,
+                   tl.minimum(start_m + BLOCK_M, T), T, qk_scale, seed, threshold, keep_scale,
+                   HEAD_DIM, BLOCK_N, True, DROPOUT, DOT_PRECISION)
+    _store_rows(DQ + b * stride_dqb + h * stride_dqh, dq * sm_scale, offs_m, offs_d, stride_dqt,
+                stride_dqd, T, HEAD_DIM)
+
+
+# ---------------------------------------------------------------------------------------------
+# The debug entry point: the keep-mask itself
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["seed", "threshold"])
+def _keep_mask_kernel(OUT, n_elements, seed, threshold, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    keep = _keep(seed, offsets, threshold)
+    tl.store(OUT + offsets, keep.to(tl.uint8), mask=offsets < n_elements)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers (the signatures of the ops fastgpt::causal_attention and its backward)
+# ---------------------------------------------------------------------------------------------
+
+
+def _dropout_args(dropout_p: float, seed: torch.Tensor) -> dict:
+    return dict(seed=int(seed), threshold=dropout_threshold(dropout_p),
+                keep_scale=1.0 / (1.0 - dropout_p), DROPOUT=dropout_p > 0)
+
+
+def _shape_args(q: torch.Tensor) -> dict:
+    B, H, T, D = q.shape
+    return dict(H=H, T=T, T_BUCKET=triton.next_power_of_2(T), sm_scale=1.0 / math.sqrt(D),
+                HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)),
+                DOT_PRECISION="ieee" if q.dtype == torch.float32 else None)
+
+
+def _grid(q: torch.Tensor, block: str):
+    B, H, T, _ = q.shape
+    return lambda meta: (triton.cdiv(T, meta[block]), B * H)
+
+
+def _check(*tensors: torch.Tensor) -> None:
+    q = tensors[0]
+    assert q.dtype in SUPPORTED_DTYPES and q.shape[-1] <= MAX_HEAD_SIZE, (q.dtype, q.shape)
+    assert all(t.shape == q.shape and t.dtype == q.dtype and t.device == q.device
+               for t in tensors), "q, k, v (and dO, O) must share shape, dtype and device"
+
+
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                            seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, H, T, D) in q's dtype, logsumexp (B, H, T) float32)."""
+    _check(q, k, v)
+    B, H, T, D = q.shape
+    out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    _forward_kernel[_grid(q, "BLOCK_M")](q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(),
+                                         *out.stride(), **_shape_args(q),
+                                         **_dropout_args(dropout_p, seed))
+    return out, lse
+
+
+def flash_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                             dropout_p: float, seed: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) in the inputs' dtype, recomputing the probabilities from q, k and lse."""
+    _check(q, k, v, grad_out, out)
+    assert lse.dtype == torch.float32 and lse.is_contiguous(), "lse comes from the forward"
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)
+    shape, dropout = _shape_args(q), _dropout_args(dropout_p, seed)
+    B, H, T, _ = q.shape
+    _delta_kernel[(triton.cdiv(T, 64), B * H)](out, grad_out, delta, *out.stride(),
+                                               *grad_out.stride(), H, T,
+                                               HEAD_DIM=shape["HEAD_DIM"],
+                                               BLOCK_D=shape["BLOCK_D"], BLOCK_M=64)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
+    _dkdv_kernel[_grid(q, "BLOCK_N")](q, k, v, grad_out, lse, delta, dk, dv, *strides,
+                                      *dk.stride(), *dv.stride(), **shape, **dropout)
+    _dq_kernel[_grid(q, "BLOCK_M")](q, k, v, grad_out, lse, delta, dq, *strides, *dq.stride(),
+                                    **shape, **dropout)
+    return dq, dk, dv
+
+
+def keep_mask(seed: int, B: int, H: int, T: int, p: float,
+              device: torch.device | str) -> torch.Tensor:
+    """The bool (B, H, T, T) keep-mask the kernels use for this seed and shape, made by a kernel
+    that calls the same `_keep` as the attention kernels."""
+    n_elements, block = B * H * T * T, 1024
+    out = torch.empty(n_elements, dtype=torch.uint8, device=device)
+    _keep_mask_kernel[(triton.cdiv(n_elements, block),)](out, n_elements, int(seed),
+                                                         dropout_threshold(p), BLOCK=block)
+    return out.view(torch.bool).view(B, H, T, T)
