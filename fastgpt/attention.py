@@ -7,7 +7,8 @@ causal mask and the 1/sqrt(D) scale of the lecture, drops attention weights with
 - ``torch``: the lecture's maths in plain PyTorch (masked softmax, `F.dropout`). The reference,
   and the fallback whenever a fused path cannot run.
 - ``cpp``: the fused CPU kernel of the C++ extension (`fastgpt._C`).
-- ``triton``: the fused Triton kernel on CUDA.
+- ``triton``: the fused Triton kernel on CUDA (`fastgpt.triton_attention`; on CPU tensors only in
+  Triton's interpreter, with TRITON_INTERPRET=1 set before fastgpt is imported).
 - ``sdpa``: `torch.nn.functional.scaled_dot_product_attention`, PyTorch's own kernel; a baseline
   for benchmarks (it draws its own dropout mask, so it takes no `seed`).
 
@@ -18,12 +19,14 @@ with a kernel per device. Their dropout is a pure function of a seed and the ele
 import math
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastgpt import triton_attention
 from fastgpt.attention_op import causal_attention_op, draw_seed, torch_keep_mask
 
 BACKENDS = ("torch", "cpp", "triton", "sdpa")
@@ -69,10 +72,11 @@ def _torch_attend(q, k, v, dropout_p, seed):
     return reference_attention(q, k, v, dropout_p, keep)
 
 
-def _fused_attend(q, k, v, dropout_p, seed):
+def _fused_attend(q, k, v, dropout_p, seed, op=causal_attention_op):
+    """`op` is the registered op, or a backend's stand-in with its signature and outputs."""
     if seed is None:
         seed = draw_seed() if dropout_p > 0 else torch.zeros((), dtype=torch.int64)
-    return causal_attention_op(q, k, v, dropout_p, seed)[0]
+    return op(q, k, v, dropout_p, seed)[0]
 
 
 def _sdpa_attend(q, k, v, dropout_p, seed):
@@ -85,14 +89,11 @@ def _cpp_unsupported(device_type: str, dtype: torch.dtype, head_size: int) -> Op
     return "the C++ extension is not part of this build yet"
 
 
-def _triton_unsupported(device_type: str, dtype: torch.dtype, head_size: int) -> Optional[str]:
-    return "the Triton kernel is not part of this build yet"
-
-
 _BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", lambda device_type, dtype, head_size: None, _torch_attend),
     "cpp": Backend("cpp", _cpp_unsupported, _fused_attend),
-    "triton": Backend("triton", _triton_unsupported, _fused_attend),
+    "triton": Backend("triton", triton_attention.unsupported,
+                      partial(_fused_attend, op=triton_attention.causal_attention)),
     "sdpa": Backend("sdpa", lambda device_type, dtype, head_size: None, _sdpa_attend),
 }
 
@@ -144,7 +145,8 @@ def backend_status(device_type: str, dtype: torch.dtype = torch.float32,
 
 
 # Each backend's generator of the dropout mask its kernel uses (the kernels' debug entry points).
-_KEEP_MASK_FNS: dict[str, Callable[..., Tensor]] = {"torch": torch_keep_mask}
+_KEEP_MASK_FNS: dict[str, Callable[..., Tensor]] = {"torch": torch_keep_mask,
+                                                    "triton": triton_attention.keep_mask}
 
 
 def dropout_keep_mask(seed: int, B: int, H: int, T: int, p: float, backend: str = "torch") -> Tensor:

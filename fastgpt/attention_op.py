@@ -136,10 +136,11 @@ def _setup_context(ctx, inputs, output):
     ctx.dropout_p = dropout_p
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(ctx, grad_out, grad_lse, backward_op=causal_attention_backward_op):
+    """`backward_op` is the backward op, or a launcher with its signature (the Triton kernels run
+    in the interpreter on CPU tensors, see fastgpt.triton_attention)."""
     q, k, v, out, lse, seed = ctx.saved_tensors
-    dq, dk, dv = causal_attention_backward_op(grad_out.contiguous(), q, k, v, out, lse,
-                                              ctx.dropout_p, seed)
+    dq, dk, dv = backward_op(grad_out.contiguous(), q, k, v, out, lse, ctx.dropout_p, seed)
     return dq, dk, dv, None, None
 
 
