@@ -178,19 +178,22 @@ def test_op_opcheck_on_cuda(dtype):
 
 
 def test_torch_compile_of_the_op_and_the_backend():
-    # The op has a Triton CUDA kernel registered; compiling it on this device must not trip on
-    # that (torch 2.13's triton_op failed like this without a GPU), and the triton backend
-    # itself compiles too (on CPU the interpreter is left out of the graph).
+    # The op has the Triton launcher as its CUDA kernel; compiling the op with inductor on this
+    # device must not trip on that (torch 2.13's triton_op failed so without a GPU), and the
+    # triton backend compiles too (on CPU the interpreter is left out of the graph).
     q, k, v = (x.requires_grad_() for x in qkv(1, 2, 20, 16))
     seed = torch.tensor(SEED)
 
-    def loss(q, k, v, backend):
-        return (causal_attention(q, k, v, 0.2, backend=backend, seed=seed) ** 2).sum()
+    def op_loss(q, k, v):
+        return (causal_attention_op(q, k, v, 0.2, seed)[0] ** 2).sum()
 
-    for backend in ("triton", "auto"):
-        compiled = torch.compile(loss, backend="aot_eager")
-        eager_grads = torch.autograd.grad(loss(q, k, v, backend), (q, k, v))
-        compiled_grads = torch.autograd.grad(compiled(q, k, v, backend), (q, k, v))
+    def backend_loss(q, k, v):
+        return (causal_attention(q, k, v, 0.2, backend="triton", seed=seed) ** 2).sum()
+
+    for loss, fullgraph in ((op_loss, True), (backend_loss, ON_CUDA)):
+        compiled = torch.compile(loss, fullgraph=fullgraph)
+        eager_grads = torch.autograd.grad(loss(q, k, v), (q, k, v))
+        compiled_grads = torch.autograd.grad(compiled(q, k, v), (q, k, v))
         for a, b in zip(eager_grads, compiled_grads):
             torch.testing.assert_close(a, b)
 
