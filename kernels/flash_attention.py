@@ -57,20 +57,23 @@ LN2 = tl.constexpr(0.6931471805599453)
 # ---------------------------------------------------------------------------------------------
 
 
-def _configs(blocks: list[tuple[int, int]], warps_stages: list[tuple[int, int]],
+def _configs(gpu_configs: list[tuple[int, int, int, int]],
              interpreter_blocks: tuple[int, int]) -> list[triton.Config]:
-    """(BLOCK_M, BLOCK_N) × (num_warps, num_stages) on a GPU; one small config in the interpreter."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU; one small config in the interpreter.
+    A short hand-picked list: every config is compiled and timed on the first call of each
+    autotuning key, and training meets two keys per run (dropout on, and off for evaluation)."""
     if INTERPRETED:
         block_m, block_n = interpreter_blocks
         return [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=1, num_stages=1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n in blocks for w, s in warps_stages]
+            for m, n, w, s in gpu_configs]
 
 
 def _prune_to_length(configs, named_args, **kwargs):
-    """Drop tiles larger than the sequence (all padding); keep the smallest tile if none fits."""
-    fits = [c for c in configs
-            if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= named_args["T_BUCKET"]]
+    """Drop tiles larger than the sequence (all padding); keep the smallest tile if none fits.
+    `named_args` holds the positional arguments, `kwargs` the keyword ones (T_BUCKET among them)."""
+    t_bucket = {**named_args, **kwargs}["T_BUCKET"]
+    fits = [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= t_bucket]
     smallest = min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in configs)
     return fits or [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] == smallest]
 
@@ -78,15 +81,14 @@ def _prune_to_length(configs, named_args, **kwargs):
 # Sequence length rounded up to a power of two, head size, dropout on/off (and the dtypes, which
 # the autotuner adds by itself): sampling grows T one token at a time and would re-tune each step.
 _TUNE_KEY = ["T_BUCKET", "HEAD_DIM", "DROPOUT"]
-_WARPS_STAGES = [(4, 2), (4, 3), (8, 3), (4, 4)]
 _PRUNE = {"early_config_prune": _prune_to_length}
 
 # Forward and dQ: BLOCK_M query rows against BLOCK_N-key tiles (BLOCK_N divides BLOCK_M).
-_ROW_TILES = _configs([(128, 64), (128, 32), (64, 64), (64, 32), (128, 128), (32, 16)],
-                      _WARPS_STAGES, interpreter_blocks=(32, 16))
+_ROW_TILES = _configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3),
+                       (64, 32, 4, 2), (32, 16, 4, 2)], interpreter_blocks=(32, 16))
 # dK/dV: BLOCK_N key rows against BLOCK_M-query tiles (BLOCK_M divides BLOCK_N).
-_COLUMN_TILES = _configs([(32, 128), (64, 128), (32, 64), (64, 64), (16, 64), (16, 32)],
-                         _WARPS_STAGES, interpreter_blocks=(16, 32))
+_COLUMN_TILES = _configs([(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3),
+                          (16, 64, 4, 2), (16, 32, 4, 2)], interpreter_blocks=(16, 32))
 
 
 # ---------------------------------------------------------------------------------------------
