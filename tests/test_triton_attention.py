@@ -7,6 +7,11 @@ interpreter of triton 3.9 gets bf16 dot products wrong), at small B·H so that t
 Outputs and gradients are compared with a float64 reference that applies the kernels' own dropout
 mask; a kernel's error must stay within 2x that of PyTorch's reference run in the same dtype.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -167,6 +172,19 @@ def test_reasons_name_the_problem(monkeypatch):
     assert "CUDA" in triton_attention.unsupported("mps", torch.float32, 64)
     monkeypatch.setattr(kernels, "INTERPRETED", False)
     assert "needs a CUDA GPU (or TRITON_INTERPRET=1" in triton_attention.unsupported("cpu", torch.float32, 64)
+
+
+# slow (20-40 s): Triton's full compiler pipeline and ptxas; the only check without a GPU that the
+# kernels are valid for one, which the interpreter cannot tell.
+@pytest.mark.slow
+@pytest.mark.skipif(ON_CUDA, reason="on a GPU the other tests compile and run the kernels")
+def test_kernels_compile_for_an_h100():
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("triton_compile_check.py")
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stdout.count("compiled ") == 8
 
 
 @pytest.mark.skipif(not ON_CUDA, reason="the op's CUDA kernel is the Triton launcher; on CPU the op "
