@@ -10,7 +10,6 @@ and, when written by training: optimizer, iter, best_val_loss, train_config, rng
 """
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Optional
 import torch
 
 from fastgpt.errors import UserError
+from fastgpt.files import atomic_write
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizer import tokenizer_from_state_dict
 
@@ -36,18 +36,8 @@ def make(model: GPT, tokenizer, **extra) -> dict:
 def save(checkpoint: dict, path: str | os.PathLike) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`: a crash at
     any moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(checkpoint, f)
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

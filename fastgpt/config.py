@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
+from fastgpt.errors import UserError
 from fastgpt.model import GPTConfig
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     # evaluation and output
     eval_interval: int = _opt(500, "steps between evaluations and checkpoints")
     eval_iters: int = _opt(200, "batches per split in each evaluation")
+    log_interval: int = _opt(10, "steps between updates of the progress bar's loss, lr and tokens/s")
     sample_chars: int = _opt(200, "characters sampled and printed at the end (0: none)")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
@@ -80,21 +82,59 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                              "(default: gpu when CUDA is available, else cpu)")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)
         help_text = meta.pop("help")
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag(f.name), action="store_true", default=argparse.SUPPRESS, help=help_text)
             continue
         kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
+        parser.add_argument(flag(f.name), type=kind, default=argparse.SUPPRESS,
                             help=f"{help_text} (default: {getattr(defaults, f.name)} or the preset's)",
                             **meta)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the preset, then the flags that were given."""
-    preset = PRESETS[args.preset or default_preset()]
+def config_from_args(args: argparse.Namespace, base: Optional[TrainConfig] = None) -> TrainConfig:
+    """Defaults, then the preset, then the flags that were given. A resumed run passes its saved
+    config as `base`: then only an explicit --preset and the given flags change it."""
+    if base is None:
+        base, preset = TrainConfig(), PRESETS[args.preset or default_preset()]
+    else:
+        preset = PRESETS[args.preset] if args.preset else {}
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    return replace(TrainConfig(), **{**preset, **given})
+    return replace(base, **{**preset, **given})
+
+
+def config_from_dict(saved: dict) -> TrainConfig:
+    """The TrainConfig a checkpoint saved; fields added since then take their defaults."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+POSITIVE = ("block_size", "n_layer", "n_head", "n_embd", "batch_size", "max_iters", "eval_interval",
+            "eval_iters", "log_interval")
+NON_NEGATIVE = ("warmup_iters", "min_lr", "weight_decay", "grad_clip", "sample_chars")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """A UserError naming the first flag whose value cannot work."""
+    for name in POSITIVE:
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"{flag(name)} must be positive, got {getattr(cfg, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{flag(name)} must not be negative, got {getattr(cfg, name)}")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"--n-embd {cfg.n_embd} is not divisible by --n-head {cfg.n_head}: "
+                        f"choose n_embd as a multiple of n_head")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if not cfg.learning_rate > 0:
+        raise UserError(f"--learning-rate must be positive, got {cfg.learning_rate}")
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")

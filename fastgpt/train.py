@@ -1,0 +1,331 @@
+"""Train the character-level GPT: `python -m fastgpt.train [--preset cpu|gpu|nanogpt-cpu] [--flags]`.
+
+The lecture's loop, organised as nanoGPT's: random batches, AdamW, a constant or warm-up + cosine
+learning rate, gradient clipping, and every `eval_interval` steps an evaluation that appends to
+out_dir/metrics.jsonl, redraws out_dir/loss.png and writes the checkpoints last.pt and best.pt
+(lowest val loss). `--resume` continues from last.pt exactly where that run was.
+"""
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from fastgpt import checkpoint
+from fastgpt.config import (TrainConfig, build_parser, config_from_args, config_from_dict, flag,
+                            validate)
+from fastgpt.data import RandomBatches, default_corpus, read_text, split, text_sha256
+from fastgpt.errors import UserError, run_cli
+from fastgpt.files import atomic_write
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.tokenizer import CharTokenizer, tokenizer_from_state_dict
+
+METRICS, PLOT = "metrics.jsonl", "loss.png"
+# The model's shape; a resumed run must keep it. (`attention` says how it runs and may change.)
+MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
+
+# ---------------------------------------------------------------------------------------------
+# Set-up: device, out_dir, data, model, optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for CUDA, which this machine (or this torch build) "
+                        f"does not have; use --device cpu")
+    return device
+
+
+def check_fresh_out_dir(out_dir: Path) -> None:
+    """A new run never overwrites what a previous run left in out_dir."""
+    existing = [name for name in (checkpoint.LAST, checkpoint.BEST, METRICS) if (out_dir / name).exists()]
+    if existing:
+        raise UserError(f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume to "
+                        f"continue it, or --out-dir NEW_DIR to start another")
+
+
+def load_resume_checkpoint(out_dir: Path) -> dict:
+    path = out_dir / checkpoint.LAST
+    if not path.exists():
+        raise UserError(f"--resume needs {path}, which does not exist; start a new run without "
+                        f"--resume or pass the --out-dir of the run to continue")
+    ckpt = checkpoint.load_checkpoint(path)
+    if "optimizer" not in ckpt:
+        raise UserError(f"{path} holds weights but no training state, so it cannot be resumed; "
+                        f"start a new run with another --out-dir")
+    return ckpt
+
+
+def check_resume_matches(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
+    """A flag that changes the model's shape cannot apply to a resumed run."""
+    saved = ckpt["model_config"]
+    for name in MODEL_FIELDS:
+        if getattr(cfg, name) != saved[name]:
+            raise UserError(f"{flag(name)} {getattr(cfg, name)} contradicts the checkpoint {path} "
+                            f"({name} = {saved[name]}); drop the flag to resume, or start a new "
+                            f"run with another --out-dir")
+    if cfg.max_iters <= ckpt["iter"]:
+        raise UserError(f"{path} has already trained {ckpt['iter']} iterations; pass a --max-iters "
+                        f"above {ckpt['iter']} to train further")
+
+
+def load_text(cfg: TrainConfig) -> str:
+    return read_text(cfg.data if cfg.data is not None else default_corpus())
+
+
+def encode_text(text: str, tokenizer: CharTokenizer) -> torch.Tensor:
+    missing = tokenizer.unknown(text)
+    if missing:
+        raise UserError(f"the data has characters outside the checkpoint's vocabulary "
+                        f"({''.join(missing[:20])!r}); resume with the data the run started with")
+    return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as nanoGPT sets it up: weight decay on the matrices (Linear and Embedding weights) only;
+    the fused kernel where this torch has one for the device, else the multi-tensor (foreach) one."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    kernel = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **kernel)
+
+
+def learning_rate(it: int, cfg: TrainConfig) -> float:
+    """The rate of step `it`: constant (the lecture), or nanoGPT's linear warm-up over warmup_iters
+    then cosine decay to min_lr at max_iters."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.max_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random state: everything a resumed run needs to draw the same numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state(batches: RandomBatches) -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "batches": batches.state_dict()}
+
+
+def set_rng_state(state: dict, batches: RandomBatches) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    batches.load_state_dict(state["batches"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomBatches,
+               cfg: TrainConfig) -> torch.Tensor:
+    """One optimisation step on one training batch; returns the batch's loss (a 0-d tensor)."""
+    x, y = batches.batch("train")
+    _, loss = model(x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def estimate_loss(model: nn.Module, batches: RandomBatches, eval_iters: int) -> dict[str, float]:
+    """Mean loss over eval_iters batches of each split, in eval mode (no dropout)."""
+    model.eval()
+    losses = {}
+    for name in ("train", "val"):
+        generator = batches.eval_generator()
+        total = torch.zeros(())
+        for _ in range(eval_iters):
+            _, loss = model(*batches.batch(name, generator))
+            total += loss.float().cpu()
+        losses[name] = total.item() / eval_iters
+    model.train()
+    return losses
+
+
+# on_eval(iteration, {"train": loss, "val": loss}, lr, tokens per second of training since the last eval)
+EvalCallback = Callable[[int, dict[str, float], float, float], None]
+
+
+def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomBatches,
+                  cfg: TrainConfig, start_iter: int, on_eval: EvalCallback) -> None:
+    """Steps start_iter .. max_iters - 1; after every eval_interval-th step and the last, evaluate
+    and call on_eval. The progress bar shows the loss, lr and tokens/s of the training steps."""
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    model.train()
+    bar = tqdm(range(start_iter, cfg.max_iters), initial=start_iter, total=cfg.max_iters,
+               desc="train", unit="it", dynamic_ncols=True)
+    step_time, steps_timed, log_time, log_steps = 0.0, 0, 0.0, 0
+    for it in bar:
+        lr = learning_rate(it, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        loss = train_step(model, optimizer, batches, cfg)
+        loss = loss.item()  # also waits for the GPU, so the time below is the step's
+        elapsed = time.perf_counter() - started
+        step_time, steps_timed = step_time + elapsed, steps_timed + 1
+        log_time, log_steps = log_time + elapsed, log_steps + 1
+        if log_steps == cfg.log_interval:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                            tok_s=f"{tokens_per_step * log_steps / log_time:,.0f}")
+            log_time, log_steps = 0.0, 0
+        done = it + 1
+        if done % cfg.eval_interval == 0 or done == cfg.max_iters:
+            losses = estimate_loss(model, batches, cfg.eval_iters)
+            on_eval(done, losses, lr, tokens_per_step * steps_timed / step_time)
+            step_time, steps_timed = 0.0, 0
+    bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# What each evaluation leaves in out_dir
+# ---------------------------------------------------------------------------------------------
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_losses(metrics: list[dict], path: Path) -> None:
+    """Train and val loss against iteration, as a PNG (matplotlib without a display)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    iters = [row["iter"] for row in metrics]
+    ax.plot(iters, [row["train_loss"] for row in metrics], label="train")
+    ax.plot(iters, [row["val_loss"] for row in metrics], label="val")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+def sample_text(model: GPT, tokenizer: CharTokenizer, n_chars: int, device: torch.device) -> str:
+    """n_chars characters generated after a newline (the lecture starts from token 0)."""
+    start = tokenizer.stoi.get("\n", 0)
+    model.eval()
+    idx = model.generate(torch.tensor([[start]], device=device), max_new_tokens=n_chars)
+    return tokenizer.decode(idx[0, 1:].tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTConfig], nn.Module] = GPT):
+    """(model, optimizer, batches, tokenizer, data hash, start iteration, best val loss), fresh
+    or restored from a checkpoint. `make_model` lets a benchmark train another model the same way."""
+    device = pick_device(cfg.device)
+    text = load_text(cfg)
+    data_hash = text_sha256(text)
+    if ckpt is None:
+        tokenizer = CharTokenizer.from_text(text)
+    else:
+        if ckpt.get("data_sha256") not in (None, data_hash):
+            raise UserError(f"the data differs from the data the checkpoint was trained on; resume "
+                            f"with the same --data (it was {ckpt['train_config'].get('data')})")
+        tokenizer = tokenizer_from_state_dict(ckpt["tokenizer"])
+    splits = split(encode_text(text, tokenizer), cfg.block_size)
+    batches = RandomBatches(splits, cfg.block_size, cfg.batch_size, cfg.seed, device)
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg.model_config(tokenizer.vocab_size)).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    if ckpt is None:
+        return model, optimizer, batches, tokenizer, data_hash, 0, math.inf
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"], batches)
+    return model, optimizer, batches, tokenizer, data_hash, ckpt["iter"], ckpt["best_val_loss"]
+
+
+def resolve_config(args) -> tuple[TrainConfig, Optional[dict]]:
+    """The run's config and, with --resume, the checkpoint it continues."""
+    cfg = config_from_args(args)
+    ckpt = None
+    if cfg.resume:
+        ckpt = load_resume_checkpoint(Path(cfg.out_dir))
+        cfg = config_from_args(args, base=config_from_dict(ckpt["train_config"]))
+    validate(cfg)
+    if ckpt is None:
+        check_fresh_out_dir(Path(cfg.out_dir))
+    else:
+        check_resume_matches(cfg, ckpt, Path(cfg.out_dir) / checkpoint.LAST)
+    return cfg, ckpt
+
+
+def train(cfg: TrainConfig, ckpt: Optional[dict] = None) -> GPT:
+    """Train as `cfg` says (continuing `ckpt` if given); returns the trained model."""
+    out_dir = Path(cfg.out_dir)
+    model, optimizer, batches, tokenizer, data_hash, start_iter, best_val_loss = prepare(cfg, ckpt)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{n_params / 1e6:.3f}M parameters, vocab {tokenizer.vocab_size}, "
+          f"{'resuming at iteration ' + str(start_iter) if start_iter else 'training'} on "
+          f"{batches.device} -> {out_dir}")
+    best = best_val_loss
+
+    def on_eval(iteration: int, losses: dict[str, float], lr: float, tokens_per_s: float) -> None:
+        nonlocal best
+        state = checkpoint.make(model, tokenizer, optimizer=optimizer.state_dict(), iter=iteration,
+                                best_val_loss=min(best, losses["val"]), train_config=asdict(cfg),
+                                rng=rng_state(batches), data_sha256=data_hash)
+        if losses["val"] < best:
+            best = losses["val"]
+            checkpoint.save(state, out_dir / checkpoint.BEST)
+        checkpoint.save(state, out_dir / checkpoint.LAST)
+        append_metrics(out_dir / METRICS, {"iter": iteration, "train_loss": losses["train"],
+                                           "val_loss": losses["val"], "lr": lr,
+                                           "tokens_per_s": tokens_per_s, "time": time.time()})
+        plot_losses(read_metrics(out_dir / METRICS), out_dir / PLOT)
+        tqdm.write(f"step {iteration}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                   f"{tokens_per_s:,.0f} tokens/s")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training_loop(model, optimizer, batches, cfg, start_iter, on_eval)
+    if cfg.sample_chars:
+        print(sample_text(model, tokenizer, cfg.sample_chars, batches.device))
+    return model
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg, ckpt = resolve_config(args)
+    train(cfg, ckpt)
+
+
+if __name__ == "__main__":
+    run_cli(main)
