@@ -10,7 +10,7 @@ and, when written by training: optimizer, iter, best_val_loss, train_config, rng
 """
 import os
 import pickle
-import zipfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -46,20 +46,28 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return path / BEST if path.is_dir() else path
 
 
+def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", *, fix: str):
+    """torch.load(weights_only=True): plain data and tensors only, no code. Any failure is a
+    UserError ending in `fix`."""
+    try:
+        with warnings.catch_warnings():  # torch's warnings about odd files would add lines
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds pickled objects other than tensors and plain data, refused "
+                        f"because loading them could run code; {fix}") from None
+    except Exception as e:  # garbage makes torch.load raise RuntimeError, KeyError, EOFError, ...
+        detail = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}" if str(e) else type(e).__name__
+        raise UserError(f"{path} is truncated or not a torch file ({detail}); {fix}") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """The checkpoint dict, or a UserError saying why the file is not a usable checkpoint."""
     path = resolve_path(path)
     if not path.exists():
         raise UserError(f"no checkpoint at {path}: train one with `python -m fastgpt.train "
                         f"--out-dir {path.parent}` or pass the right --out-dir")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{path} holds objects a checkpoint must not contain, refused for safety "
-                        f"({str(e).splitlines()[0]}); use a checkpoint written by fastgpt") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"{path} is truncated or not a torch checkpoint ({str(e).splitlines()[0]}); "
-                        f"use last.pt/best.pt or train again") from None
+    ckpt = safe_torch_load(path, map_location, fix="use last.pt/best.pt of a fastgpt run or train again")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a fastgpt checkpoint; convert a lecture state_dict with "
                         f"`python -m fastgpt.convert`")
@@ -70,12 +78,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def model_from_checkpoint(ckpt: dict, attention: Optional[str] = None) -> GPT:
-    config = GPTConfig(**ckpt["model_config"])
-    if attention is not None:
-        config.attention = attention
-    model = GPT(config)
-    model.load_state_dict(ckpt["model"])
+    try:
+        config = GPTConfig(**ckpt["model_config"])
+        if attention is not None:
+            config.attention = attention
+        model = GPT(config)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint's model is damaged ({str(e).splitlines()[0]}); use "
+                        f"another checkpoint or train again") from None
     return model
+
+
+def tokenizer_from_checkpoint(ckpt: dict):
+    try:
+        return tokenizer_from_state_dict(ckpt["tokenizer"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"the checkpoint's tokenizer is damaged ({e}); use another checkpoint or "
+                        f"train again") from None
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -83,4 +103,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
     """(model in eval mode on `device`, tokenizer) from a checkpoint file or an out_dir."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, attention).to(device).eval()
-    return model, tokenizer_from_state_dict(ckpt["tokenizer"])
+    return model, tokenizer_from_checkpoint(ckpt)

@@ -23,7 +23,7 @@ from fastgpt.data import RandomBatches, default_corpus, read_text, split, text_s
 from fastgpt.errors import UserError, run_cli
 from fastgpt.files import atomic_write
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.tokenizer import CharTokenizer, tokenizer_from_state_dict
+from fastgpt.tokenizer import CharTokenizer
 
 METRICS, PLOT = "metrics.jsonl", "loss.png"
 # The model's shape; a resumed run must keep it. (`attention` says how it runs and may change.)
@@ -259,7 +259,7 @@ def prepare(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTCon
         if ckpt.get("data_sha256") not in (None, data_hash):
             raise UserError(f"the data differs from the data the checkpoint was trained on; resume "
                             f"with the same --data (it was {ckpt['train_config'].get('data')})")
-        tokenizer = tokenizer_from_state_dict(ckpt["tokenizer"])
+        tokenizer = checkpoint.tokenizer_from_checkpoint(ckpt)
     splits = split(encode_text(text, tokenizer), cfg.block_size)
     batches = RandomBatches(splits, cfg.block_size, cfg.batch_size, cfg.seed, device)
     torch.manual_seed(cfg.seed)

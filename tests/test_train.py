@@ -1,0 +1,124 @@
+"""fastgpt.train: the schedule, the optimizer, what a run leaves in out_dir, and exact resume."""
+import json
+import math
+
+import pytest
+import torch
+
+from clitools import SMALL_TEXT, TINY_RUN, run_module
+from fastgpt import checkpoint
+from fastgpt.config import PRESETS, TrainConfig, build_parser, config_from_args
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.train import learning_rate, main, make_optimizer
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "input.txt"
+    path.write_text(SMALL_TEXT)
+    return path
+
+
+def train_in_process(out_dir, text_file, *flags):
+    main([*TINY_RUN, "--data", str(text_file), "--out-dir", str(out_dir), *flags])
+
+
+def test_constant_schedule():
+    cfg = TrainConfig(learning_rate=3e-4)
+    assert {learning_rate(it, cfg) for it in (0, 1, 2500, 4999)} == {3e-4}
+
+
+def test_warmup_cosine_schedule():
+    cfg = TrainConfig(**PRESETS["nanogpt-cpu"])  # warm-up 100, 1e-3 decaying to 1e-4 at 2000
+    assert learning_rate(0, cfg) == pytest.approx(1e-3 / 101)
+    assert learning_rate(99, cfg) == pytest.approx(1e-3 * 100 / 101)
+    assert learning_rate(100, cfg) == pytest.approx(1e-3)
+    assert learning_rate(1050, cfg) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert learning_rate(2000, cfg) == pytest.approx(1e-4)
+    rates = [learning_rate(it, cfg) for it in range(100, 2001)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_optimizer_decays_matrices_only():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    cfg = TrainConfig(weight_decay=0.1, beta2=0.99)
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert decayed["betas"] == (0.9, 0.99)
+
+
+def test_presets_and_flags():
+    parser = build_parser("test")
+    cfg = config_from_args(parser.parse_args(["--preset", "nanogpt-cpu", "--n-layer", "2"]))
+    assert (cfg.batch_size, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.lr_schedule) == (12, 64, 128, 2, "cosine")
+    cfg = config_from_args(parser.parse_args(["--preset", "gpu"]))
+    assert (cfg.batch_size, cfg.block_size, cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.max_iters,
+            cfg.eval_interval) == (64, 256, 384, 6, 6, 5000, 500)
+
+
+def test_help_documents_every_flag(tmp_path):
+    result = run_module("fastgpt.train", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in help_text
+    assert "--preset" in help_text and "nanogpt-cpu" in help_text
+
+
+def test_cli_run_leaves_checkpoints_metrics_plot_and_prints_a_sample(tmp_path, text_file):
+    out_dir = tmp_path / "out"
+    result = run_module("fastgpt.train", *TINY_RUN, "--data", text_file, "--out-dir", out_dir,
+                        "--max-iters", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "step 4: train loss" in result.stdout
+    sample = result.stdout.strip().splitlines()[-1]
+    assert sample and set(sample) <= set(SMALL_TEXT)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["best.pt", "last.pt", "loss.png", "metrics.jsonl"]
+    assert (out_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iter"] for row in rows] == [2, 4]
+    assert all(math.isfinite(row["val_loss"]) and row["tokens_per_s"] > 0 for row in rows)
+
+    last = checkpoint.load_checkpoint(out_dir / "last.pt")
+    assert last["iter"] == 4 and last["train_config"]["max_iters"] == 4
+    assert {"torch", "cuda", "batches"} <= set(last["rng"]) and "state" in last["optimizer"]
+    best = checkpoint.load_checkpoint(out_dir)
+    assert best["best_val_loss"] == min(row["val_loss"] for row in rows)
+    model, tokenizer = checkpoint.load(out_dir)
+    assert tokenizer.decode(tokenizer.encode("To be")) == "To be"
+    assert not model.training and model.config.n_embd == 16
+
+
+def test_resume_is_exact(tmp_path, text_file):
+    """8 steps in one go, or 4 steps then --resume to 8: the same losses and the same bits."""
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    train_in_process(whole, text_file, "--max-iters", "8")
+    train_in_process(halves, text_file, "--max-iters", "3")  # stops between two evaluations
+    main(["--resume", "--out-dir", str(halves), "--max-iters", "8"])
+
+    def losses(out_dir):
+        rows = (json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines())
+        return {row["iter"]: (row["train_loss"], row["val_loss"]) for row in rows}
+
+    assert losses(halves) == {**losses(whole), 3: losses(halves)[3]}
+    a, b = (checkpoint.load_checkpoint(d / "last.pt") for d in (whole, halves))
+    assert a["iter"] == b["iter"] == 8
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for i, state in a["optimizer"]["state"].items():
+        for name in state:
+            assert torch.equal(state[name], b["optimizer"]["state"][i][name]), (i, name)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["rng"]["batches"]["generator"], b["rng"]["batches"]["generator"])
+
+
+def test_resume_continues_the_saved_run_config(tmp_path, text_file):
+    out_dir = tmp_path / "out"
+    train_in_process(out_dir, text_file, "--max-iters", "2", "--learning-rate", "1e-3")
+    main(["--resume", "--out-dir", str(out_dir), "--max-iters", "4", "--attention", "torch"])
+    last = checkpoint.load_checkpoint(out_dir / "last.pt")
+    assert last["train_config"]["learning_rate"] == 1e-3 and last["train_config"]["n_embd"] == 16
+    assert last["iter"] == 4
