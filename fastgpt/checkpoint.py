@@ -10,6 +10,7 @@ and, when written by training: optimizer, iter, best_val_loss, train_config, rng
 """
 import os
 import pickle
+import re
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -53,9 +54,13 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", *, fix
         with warnings.catch_warnings():  # torch's warnings about odd files would add lines
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path} holds pickled objects other than tensors and plain data, refused "
-                        f"because loading them could run code; {fix}") from None
+    except pickle.UnpicklingError as e:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused:
+            raise UserError(f"{path} holds pickled objects other than tensors and plain data "
+                            f"({refused.group(1)}), refused because loading them could run code; "
+                            f"{fix}") from None
+        raise UserError(f"{path} is truncated or not a torch file (unreadable pickle); {fix}") from None
     except Exception as e:  # garbage makes torch.load raise RuntimeError, KeyError, EOFError, ...
         detail = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}" if str(e) else type(e).__name__
         raise UserError(f"{path} is truncated or not a torch file ({detail}); {fix}") from None
@@ -85,8 +90,9 @@ def model_from_checkpoint(ckpt: dict, attention: Optional[str] = None) -> GPT:
         model = GPT(config)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"the checkpoint's model is damaged ({str(e).splitlines()[0]}); use "
-                        f"another checkpoint or train again") from None
+        detail = " ".join(str(e).split())[:200]  # load_state_dict lists the bad keys on many lines
+        raise UserError(f"the checkpoint's model is damaged ({detail}); use another checkpoint or "
+                        f"train again") from None
     return model
 
 

@@ -112,9 +112,10 @@ def gpt_state_dict(state: dict[str, Tensor], config: GPTConfig,
     return out
 
 
-def gpt_from_lecture(state: dict[str, Tensor], source: str = "the state_dict") -> GPT:
-    """A fastgpt GPT with the weights of a lecture state_dict."""
-    config = lecture_config(state, source)
+def gpt_from_lecture(state: dict[str, Tensor], source: str = "the state_dict",
+                     dropout: float = LECTURE_DROPOUT) -> GPT:
+    """A fastgpt GPT with the weights of a lecture state_dict (in training mode, as a new module)."""
+    config = lecture_config(state, source, dropout)
     model = GPT(config)
     model.load_state_dict(gpt_state_dict(state, config, source))
     return model
