@@ -92,18 +92,22 @@ def gpt_state_dict(state: dict[str, Tensor], config: GPTConfig,
     out = {"token_embedding.weight": lecture.get("token_embedding_table.weight", (V, C)),
            "position_embedding.weight": lecture.get("position_embedding_table.weight",
                                                     (config.block_size, C))}
-    same_names = {"ln1.weight": (C,), "ln1.bias": (C,), "ln2.weight": (C,), "ln2.bias": (C,)}
-    renamed = {"sa.proj.weight": ("attn.proj.weight", (C, C)), "sa.proj.bias": ("attn.proj.bias", (C,)),
-               "ffwd.net.0.weight": ("mlp.fc.weight", (4 * C, C)), "ffwd.net.0.bias": ("mlp.fc.bias", (4 * C,)),
-               "ffwd.net.2.weight": ("mlp.proj.weight", (C, 4 * C)), "ffwd.net.2.bias": ("mlp.proj.bias", (C,))}
-    renamed.update({name: (name, shape) for name, shape in same_names.items()})
+    # lecture name in block i -> (fastgpt name in block i, shape)
+    block_keys = {"ln1.weight": ("ln1.weight", (C,)), "ln1.bias": ("ln1.bias", (C,)),
+                  "ln2.weight": ("ln2.weight", (C,)), "ln2.bias": ("ln2.bias", (C,)),
+                  "sa.proj.weight": ("attn.proj.weight", (C, C)),
+                  "sa.proj.bias": ("attn.proj.bias", (C,)),
+                  "ffwd.net.0.weight": ("mlp.fc.weight", (4 * C, C)),
+                  "ffwd.net.0.bias": ("mlp.fc.bias", (4 * C,)),
+                  "ffwd.net.2.weight": ("mlp.proj.weight", (C, 4 * C)),
+                  "ffwd.net.2.bias": ("mlp.proj.bias", (C,))}
     for i in range(config.n_layer):
         # fastgpt's qkv rows: all heads' queries, then keys, then values, head by head; head h's
         # rows are its Linear's weight (the lecture's Head(x) = x @ W.T for W of shape (C/H, C)).
         qkv = [lecture.get(f"blocks.{i}.sa.heads.{h}.{name}.weight", (C // H, C))
                for name in ("query", "key", "value") for h in range(H)]
         out[f"blocks.{i}.attn.qkv.weight"] = torch.cat(qkv)  # (3C, C)
-        for theirs, (ours, shape) in renamed.items():
+        for theirs, (ours, shape) in block_keys.items():
             out[f"blocks.{i}.{ours}"] = lecture.get(f"blocks.{i}.{theirs}", shape)
     for name, shape in {"ln_f.weight": (C,), "ln_f.bias": (C,), "lm_head.weight": (V, C),
                         "lm_head.bias": (V,)}.items():

@@ -102,7 +102,7 @@ def split(ids: Tensor, block_size: int, train_fraction: float = TRAIN_FRACTION) 
     n_train = int(train_fraction * len(ids))
     splits = {"train": ids[:n_train], "val": ids[n_train:]}
     if min(len(s) for s in splits.values()) < block_size + 1:
-        # the val split, n - floor(0.9 n) tokens, is the smaller: it holds block_size + 1 once n > 10 block_size
+        # val, the smaller split, has n - floor(0.9 n) tokens: block_size + 1 once n > 10 block_size
         needed = math.floor(block_size / (1 - train_fraction)) + 1
         raise UserError(f"the text has {len(ids)} tokens, too short for block_size {block_size}: "
                         f"each split needs block_size + 1 tokens, so the text needs at least "

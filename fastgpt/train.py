@@ -167,7 +167,7 @@ def estimate_loss(model: nn.Module, batches: RandomBatches, eval_iters: int) -> 
     return losses
 
 
-# on_eval(iteration, {"train": loss, "val": loss}, lr, tokens per second of training since the last eval)
+# on_eval(iteration, {"train": loss, "val": loss}, lr, training tokens/s since the last evaluation)
 EvalCallback = Callable[[int, dict[str, float], float, float], None]
 
 
@@ -185,8 +185,7 @@ def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: R
         for group in optimizer.param_groups:
             group["lr"] = lr
         started = time.perf_counter()
-        loss = train_step(model, optimizer, batches, cfg)
-        loss = loss.item()  # also waits for the GPU, so the time below is the step's
+        loss = train_step(model, optimizer, batches, cfg).item()  # waits for the GPU: the step's time
         elapsed = time.perf_counter() - started
         step_time, steps_timed = step_time + elapsed, steps_timed + 1
         log_time, log_steps = log_time + elapsed, log_steps + 1
