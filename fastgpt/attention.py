@@ -40,10 +40,12 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
                         keep_mask: Optional[Tensor] = None) -> Tensor:
     """The lecture's attention. With `keep_mask` (bool, broadcastable to (B, H, T, T)) dropout
     uses that mask instead of drawing one from torch's generator."""
-    T, D = q.shape[-2], q.shape[-1]
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, H, T, T)
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
+    *batch, T, D = q.shape
+    # One fused pass makes the scaled, masked scores: scale and mask cost no (T, T) pass of their own,
+    # forward or backward (the lecture multiplies and masked_fills the (T, T) weights separately).
+    future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    att = torch.baddbmm(future, q.reshape(-1, T, D), k.reshape(-1, T, D).transpose(1, 2),
+                        alpha=1.0 / math.sqrt(D)).view(*batch, T, T).softmax(dim=-1)  # (B, H, T, T)
     if keep_mask is not None and dropout_p > 0:
         att = att * keep_mask / (1.0 - dropout_p)
     elif dropout_p > 0:
