@@ -6,7 +6,12 @@ final LayerNorm and a linear head; weights initialised from N(0, 0.02). The lect
 key/query/value Linear per head; here they are stacked into one Linear, the same maths.
 Attention goes through `fastgpt.attention.causal_attention`, the one dispatch point for the
 torch, C++ and Triton backends.
+
+Sampling keeps a `KVCache`: the prompt goes through the model once (through the same dispatch
+point), then each new token is one position whose query attends to the cached keys and values
+(see `fastgpt.generate`).
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastgpt.attention import causal_attention
+from fastgpt.generate import generate_tokens
 
 
 @dataclass
@@ -36,6 +42,47 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+class LayerCache:
+    """One layer's keys and values (B, H, block_size, D), preallocated: appending writes in place."""
+
+    def __init__(self, shape: tuple[int, ...], device, dtype):
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0  # positions 0..length-1 hold keys and values
+
+    def append(self, k, v):
+        """Store k, v (B, H, T, D) of the next T positions; return all positions so far as views."""
+        end = self.length + k.size(2)
+        self.keys[:, :, self.length:end] = k
+        self.values[:, :, self.length:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]  # (B, H, end, D)
+
+
+class KVCache:
+    """Every layer's keys and values for up to block_size positions of `batch_size` sequences."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=None):
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.layers = [LayerCache(shape, device, dtype) for _ in range(config.n_layer)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    def clear(self) -> None:
+        for layer in self.layers:
+            layer.length = 0
+
+
+def attend_to_all(q, k, v):
+    """Attention of one new position q (B, H, 1, D) to every position so far, k and v (B, H, T, D):
+    the causal mask hides nothing from the last position, so this is plain softmax attention."""
+    assert q.size(2) == 1, "decoding adds one position at a time"
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, 1, T)
+    return att.softmax(dim=-1) @ v  # (B, H, 1, D)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -46,14 +93,20 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
-        y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                             backend=self.backend)
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, past + T, D)
+        if past == 0:
+            y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                 backend=self.backend)
+        else:
+            y = attend_to_all(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.proj(y))
 
@@ -77,8 +130,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln1(x), cache)
         x = x + self.mlp(self.ln2(x))
         return x
 
@@ -107,30 +160,47 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.backend = backend
 
-    def forward(self, idx, targets=None):
-        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets."""
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets.
+        With a KVCache, idx continues the cached positions, its keys and values join the cache, and
+        only the last position's logits are computed (B, 1, vocab): all that sampling reads."""
         B, T = idx.shape
-        assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
-        pos = torch.arange(T, device=idx.device)
+        start = 0 if cache is None else cache.length
+        assert start + T <= self.config.block_size, \
+            f"sequence of {start + T} exceeds block_size {self.config.block_size}"
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.token_embedding(idx) + self.position_embedding(pos)  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache.layers[i])
+        if cache is not None:
+            x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(B * T, -1), targets.view(B * T))
         return logits, loss
 
+    def kv_cache(self, batch_size: int) -> KVCache:
+        """An empty KVCache for `batch_size` sequences on this model's device, in its dtype."""
+        weight = self.token_embedding.weight
+        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """The lecture's sampling loop: append `max_new_tokens` tokens to idx (B, T), each drawn from
-        the softmax of the last position's logits over the last block_size tokens."""
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **options):
+        """The lecture's generate: idx (B, T) extended by `max_new_tokens` sampled tokens, each drawn
+        from the last position's logits over the last block_size tokens; (B, T + max_new_tokens).
+        With the lecture's arguments and torch's global seed it draws exactly what the lecture's
+        loop draws, in one position's work per token (a KV cache). `options` (top_p, greedy, seed,
+        window) are those of `fastgpt.generate.generate_tokens`. Runs without dropout."""
+        was_training = self.training
+        self.eval()
+        try:
+            tokens = list(generate_tokens(self, idx, max_new_tokens, temperature, top_k, **options))
+        finally:
+            self.train(was_training)
+        return torch.cat([idx, *(token[:, None] for token in tokens)], dim=1)  # (B, T + max_new_tokens)
+
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, **options):
+        """Like generate, but yields each new token (B,) as soon as it is drawn (for streaming).
+        The model must be in eval mode."""
+        return generate_tokens(self, idx, max_new_tokens, temperature, top_k, **options)

@@ -1,0 +1,109 @@
+"""Sample text from a trained checkpoint:
+
+    python -m fastgpt.sample --out-dir out --prompt "ROMEO:" --max-new-tokens 500 \\
+        --temperature 0.8 --top-k 40 --seed 1 --num-samples 3
+
+The samples are drawn as one batch with a key/value cache (see fastgpt.generate). The first is
+streamed to stdout character by character as it is drawn; the others, drawn alongside it, follow
+when it ends, each after a separator line. Each sample starts with the prompt. Sample i uses its
+own random generator seeded `--seed` + i, so sample i of a batch is the one-sample run with that
+seed. An empty prompt starts from the first symbol of the vocabulary, as the lecture does.
+"""
+import argparse
+import sys
+
+import torch
+
+from fastgpt.checkpoint import load
+from fastgpt.errors import UserError, run_cli
+from fastgpt.generate import WINDOWS, check_options
+
+SEPARATOR = "---------------"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--out-dir", default="out",
+                        help="training output directory: samples from its best.pt (default: out)")
+    source.add_argument("--checkpoint", help="a checkpoint file (last.pt, best.pt, ...) instead")
+    parser.add_argument("--prompt", default="",
+                        help="text to continue (default: empty, which starts from the first "
+                             "vocabulary symbol as the lecture does)")
+    parser.add_argument("--max-new-tokens", type=int, default=500, help="characters to draw per sample")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples, drawn as one batch")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="divide the logits by this: < 1 is more conservative (default: 1)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="draw only among the k most likely characters (default: all)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="draw only among the most likely characters whose probability adds "
+                             "up to p, in (0, 1] (nucleus sampling; default: all)")
+    parser.add_argument("--greedy", action="store_true",
+                        help="always take the most likely character (ignores temperature, top-k, top-p)")
+    parser.add_argument("--seed", type=int, default=1337,
+                        help="sample i draws from a generator seeded seed + i (default: 1337)")
+    parser.add_argument("--window", choices=WINDOWS, default="exact",
+                        help="past block_size characters: exact = the lecture's last block_size "
+                             "characters at every step (a full pass per character); slide = "
+                             "restart from the last block_size/2 every block_size/2 characters, "
+                             "an approximation that stays fast")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    parser.add_argument("--attention", choices=("auto", "torch", "cpp", "triton", "sdpa"), default=None,
+                        help="attention backend for the prompt (default: the checkpoint's)")
+    return parser
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The prompt's tokens; an empty prompt is the first vocabulary symbol, as in the lecture."""
+    if not prompt:
+        return [0]
+    try:
+        return tokenizer.encode(prompt)
+    except KeyError as e:
+        raise UserError(f"the prompt has {e.args[0]}; use only characters of the training text") from None
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.num_samples <= 0:
+        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    device = resolve_device(args.device)
+    model, tokenizer = load(args.checkpoint or args.out_dir, device, args.attention)
+    try:
+        check_options(model.config.vocab_size, args.max_new_tokens, args.temperature, args.top_k,
+                      args.top_p, args.greedy, args.window)
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
+    prompt = encode_prompt(tokenizer, args.prompt)
+    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)  # (N, T)
+
+    out = sys.stdout
+    out.write(tokenizer.decode(prompt))
+    out.flush()
+    drawn = []
+    for token in model.generate_tokens(idx, args.max_new_tokens, args.temperature, args.top_k,
+                                       top_p=args.top_p, greedy=args.greedy, seed=args.seed,
+                                       window=args.window):
+        drawn.append(token)
+        out.write(tokenizer.decode([token[0].item()]))
+        out.flush()
+    out.write("\n")
+    others = torch.stack(drawn, dim=1)[1:].tolist()  # (N - 1, max_new_tokens)
+    for tokens in others:
+        out.write(f"{SEPARATOR}\n{tokenizer.decode(prompt + tokens)}\n")
+    out.flush()
+
+
+if __name__ == "__main__":
+    run_cli(main)
