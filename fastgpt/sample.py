@@ -10,6 +10,7 @@ own random generator seeded `--seed` + i, so sample i of a batch is the one-samp
 seed. An empty prompt starts from the first symbol of the vocabulary, as the lecture does.
 """
 import argparse
+import os
 import sys
 
 import torch
@@ -87,23 +88,29 @@ def main(argv=None) -> None:
         raise UserError(f"--{e}") from None
     prompt = encode_prompt(tokenizer, args.prompt)
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)  # (N, T)
+    tokens = model.generate_tokens(idx, args.max_new_tokens, args.temperature, args.top_k,
+                                   top_p=args.top_p, greedy=args.greedy, seed=args.seed,
+                                   window=args.window)
+    try:
+        write_samples(tokenizer, prompt, tokens, sys.stdout)
+    except BrokenPipeError:
+        # The reader has gone (`| head`): stop quietly, as a Unix filter does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
-    out = sys.stdout
+
+def write_samples(tokenizer, prompt: list[int], tokens, out) -> None:
+    """Stream the first sample as its tokens (N,) arrive, then the others, after separators."""
     out.write(tokenizer.decode(prompt))
     out.flush()
     drawn = []
-    for token in model.generate_tokens(idx, args.max_new_tokens, args.temperature, args.top_k,
-                                       top_p=args.top_p, greedy=args.greedy, seed=args.seed,
-                                       window=args.window):
+    for token in tokens:
         drawn.append(token)
         out.write(tokenizer.decode([token[0].item()]))
         out.flush()
     out.write("\n")
-    others = torch.stack(drawn, dim=1)[1:].tolist()  # (N - 1, max_new_tokens)
-    for tokens in others:
-        out.write(f"{SEPARATOR}\n{tokenizer.decode(prompt + tokens)}\n")
+    for others in torch.stack(drawn, dim=1)[1:].tolist():  # (N - 1, max_new_tokens)
+        out.write(f"{SEPARATOR}\n{tokenizer.decode(prompt + others)}\n")
     out.flush()
-
 
 if __name__ == "__main__":
     run_cli(main)
