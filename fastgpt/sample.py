@@ -20,6 +20,7 @@ from fastgpt.errors import UserError, run_cli
 from fastgpt.generate import WINDOWS, check_options
 
 SEPARATOR = "---------------"
+INCOMPLETE = "\ufffd"  # what decoding part of a multi-byte character gives
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,12 +103,16 @@ def write_samples(tokenizer, prompt: list[int], tokens, out) -> None:
     """Stream the first sample as its tokens (N,) arrive, then the others, after separators."""
     out.write(tokenizer.decode(prompt))
     out.flush()
-    drawn = []
+    drawn, pending = [], []  # pending: tokens that end inside a character (byte-level BPE)
     for token in tokens:
         drawn.append(token)
-        out.write(tokenizer.decode([token[0].item()]))
-        out.flush()
-    out.write("\n")
+        pending.append(token[0].item())
+        text = tokenizer.decode(pending)
+        if not text.endswith(INCOMPLETE):
+            out.write(text)
+            out.flush()
+            pending = []
+    out.write(tokenizer.decode(pending) + "\n")
     for others in torch.stack(drawn, dim=1)[1:].tolist():  # (N - 1, max_new_tokens)
         out.write(f"{SEPARATOR}\n{tokenizer.decode(prompt + others)}\n")
     out.flush()

@@ -9,7 +9,7 @@ import torch
 from fastgpt import checkpoint
 from fastgpt.errors import run_cli
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.sample import SEPARATOR, main
+from fastgpt.sample import SEPARATOR, main, write_samples
 from fastgpt.tokenizer import CharTokenizer
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
@@ -146,3 +146,30 @@ def test_foreign_checkpoint_is_refused(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda_is_refused(out_dir, capsys):
     assert "CUDA is not available" in refused(capsys, "--out-dir", out_dir, "--device", "cuda")
+
+
+class ByteTokenizer:
+    """Tokens are UTF-8 bytes, as in a byte-level BPE: one character can take several tokens."""
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_streaming_never_splits_a_character():
+    text = "é✓ ok ü"
+    tokens = [torch.tensor([b, b]) for b in text.encode()]  # two identical samples
+    stdout = RecordingStdout()
+    write_samples(ByteTokenizer(), list("→".encode()), iter(tokens), stdout)
+    assert stdout.text == f"→{text}\n{SEPARATOR}\n→{text}\n"
+    assert not any("\ufffd" in s for s in stdout.flushed)
+
+
+def test_a_closed_pipe_ends_sampling_quietly(out_dir):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    reader = subprocess.Popen([sys.executable, "-m", "fastgpt.sample", "--out-dir", str(out_dir),
+                               "--max-new-tokens", "100000"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    reader.stdout.read(10)
+    reader.stdout.close()  # as `| head -c 10` does
+    assert reader.wait(timeout=120) == 0
+    assert reader.stderr.read() == b""
