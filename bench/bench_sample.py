@@ -8,27 +8,16 @@ which cost the same as trained ones) draws `chars` characters after a one-charac
 (samples × chars / median time). The baseline is the lecture's `generate`
 (bench/lecture_gpt.py), which runs the whole context through the model for every character; with
 16 samples it takes minutes per 256 characters on 2 CPU threads, so there it is timed over the first
-64 characters, against the cache over the same 64. torch runs on 2 threads, or on
-$FASTGPT_BENCH_THREADS.
+64 characters, against the cache over the same 64. bench/conftest.py sets torch's thread count:
+2, or $FASTGPT_BENCH_THREADS.
 """
-import os
-
 import pytest
 import torch
 
 from bench.lecture_gpt import GPTLanguageModel
 from fastgpt.model import GPT, GPTConfig
 
-THREADS = int(os.environ.get("FASTGPT_BENCH_THREADS", "2"))
 SIZE = dict(vocab_size=65, block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +35,7 @@ def chars_per_second(benchmark, generate, samples: int, chars: int, rounds: int)
     generate(prompt, 1)  # warm-up: first-call allocations and kernel choices
     out = benchmark.pedantic(generate, args=(prompt, chars), rounds=rounds, iterations=1)
     assert out.shape == (samples, 1 + chars)
-    benchmark.extra_info.update(samples=samples, chars=chars, threads=THREADS,
+    benchmark.extra_info.update(samples=samples, chars=chars,
                                 chars_per_s=samples * chars / benchmark.stats.stats.median)
 
 
