@@ -2,8 +2,8 @@
 
 The prompt (its last block_size tokens) goes through the model once, through the usual attention
 dispatch point, filling a `KVCache`; each new token is then one position: its query attends to the
-cached keys and values, so a token costs the same whatever the context length. The cache is
-preallocated for block_size positions and written in place.
+cached keys and values, so a token costs one position's work instead of the whole context's. The
+cache is preallocated for block_size positions and written in place.
 
 Position embeddings are absolute and learned, so a context longer than block_size cannot just
 keep growing. Two ways past it:
