@@ -66,7 +66,9 @@ def uncached_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, t
 # -- the cache gives the full pass's logits ----------------------------------------------------
 
 
-@pytest.mark.parametrize("attention", ["torch", "sdpa"])
+# the prompt goes through every CPU backend (cpp falls back to torch, with a warning, where the
+# extension is not built)
+@pytest.mark.parametrize("attention", ["torch", "cpp", "sdpa"])
 @pytest.mark.parametrize("T", [1, 5, BLOCK - 1, BLOCK])
 def test_cached_logits_match_full_pass_float32(T, attention):
     model = tiny_model(torch.float32, attention)
