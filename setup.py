@@ -11,7 +11,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 sources = sorted(glob.glob("csrc/*.cpp"))
 debug = os.environ.get("FASTGPT_DEBUG") == "1"
-extra_compile_args = ["-O0", "-g"] if debug else ["-O3"]
+extra_compile_args = ["-O0", "-g"] if debug else ["-O3", "-ffp-contract=fast"]
 
 setup(
     ext_modules=[CppExtension("fastgpt._C", sources, extra_compile_args={"cxx": extra_compile_args})]

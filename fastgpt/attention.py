@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgpt import triton_attention
+from fastgpt import cpp_attention, triton_attention
 from fastgpt.attention_op import causal_attention_op, draw_seed, torch_keep_mask
 
 BACKENDS = ("torch", "cpp", "triton", "sdpa")
@@ -87,13 +87,11 @@ def _sdpa_attend(q, k, v, dropout_p, seed):
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
 
-def _cpp_unsupported(device_type: str, dtype: torch.dtype, head_size: int) -> Optional[str]:
-    return "the C++ extension is not part of this build yet"
 
 
 _BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", lambda device_type, dtype, head_size: None, _torch_attend),
-    "cpp": Backend("cpp", _cpp_unsupported, _fused_attend),
+    "cpp": Backend("cpp", cpp_attention.unsupported, _fused_attend),
     "triton": Backend("triton", triton_attention.unsupported,
                       partial(_fused_attend, op=triton_attention.causal_attention)),
     "sdpa": Backend("sdpa", lambda device_type, dtype, head_size: None, _sdpa_attend),
@@ -148,6 +146,7 @@ def backend_status(device_type: str, dtype: torch.dtype = torch.float32,
 
 # Each backend's generator of the dropout mask its kernel uses (the kernels' debug entry points).
 _KEEP_MASK_FNS: dict[str, Callable[..., Tensor]] = {"torch": torch_keep_mask,
+                                                    "cpp": cpp_attention.keep_mask,
                                                     "triton": triton_attention.keep_mask}
 
 

@@ -92,14 +92,20 @@ def _op_keep_scale(q: Tensor, dropout_p: float, seed: Tensor) -> Tensor | float:
     return keep / (1.0 - dropout_p)
 
 
-@torch.library.custom_op("fastgpt::causal_attention", mutates_args=())
-def causal_attention_op(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
-                        seed: Tensor) -> tuple[Tensor, Tensor]:
-    """Returns (out (B, H, T, D) in q's dtype, logsumexp (B, H, T) in the accumulate dtype)."""
+def reference_forward(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
+                      seed: Tensor) -> tuple[Tensor, Tensor]:
+    """The op's default body, also what a device kernel falls back to for inputs it cannot take."""
     s = _scores(q, k)
     lse = s.logsumexp(dim=-1)
     p = (s - lse.unsqueeze(-1)).exp() * _op_keep_scale(q, dropout_p, seed)
     return (p @ v.to(s.dtype)).to(q.dtype), lse
+
+
+@torch.library.custom_op("fastgpt::causal_attention", mutates_args=())
+def causal_attention_op(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
+                        seed: Tensor) -> tuple[Tensor, Tensor]:
+    """Returns (out (B, H, T, D) in q's dtype, logsumexp (B, H, T) in the accumulate dtype)."""
+    return reference_forward(q, k, v, dropout_p, seed)
 
 
 @causal_attention_op.register_fake
@@ -107,11 +113,9 @@ def _(q, k, v, dropout_p, seed):
     return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=accumulate_dtype(q.dtype))
 
 
-@torch.library.custom_op("fastgpt::causal_attention_backward", mutates_args=())
-def causal_attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-                                 lse: Tensor, dropout_p: float,
-                                 seed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns (dq, dk, dv), recomputing the probabilities from q, k and the saved logsumexp."""
+def reference_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                       dropout_p: float, seed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward op's default body, also what a device kernel falls back to."""
     prob = (_scores(q, k) - lse.unsqueeze(-1)).exp()  # (B, H, T, T)
     acc = prob.dtype
     keep_scale = _op_keep_scale(q, dropout_p, seed)
@@ -122,6 +126,14 @@ def causal_attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tens
     ds = prob * (dprob - delta) * (1.0 / math.sqrt(q.shape[-1]))
     dq, dk = ds @ k.to(acc), ds.transpose(-2, -1) @ q.to(acc)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+@torch.library.custom_op("fastgpt::causal_attention_backward", mutates_args=())
+def causal_attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                                 lse: Tensor, dropout_p: float,
+                                 seed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (dq, dk, dv), recomputing the probabilities from q, k and the saved logsumexp."""
+    return reference_backward(grad_out, q, k, v, out, lse, dropout_p, seed)
 
 
 @causal_attention_backward_op.register_fake
