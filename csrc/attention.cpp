@@ -19,16 +19,25 @@
 
 #include "attention_common.h"
 
+// The kernels pass kLanes-wide vectors between inline functions only; GCC's note that such
+// arguments would change the ABI of an out-of-line call does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #define FASTGPT_ISA baseline
+#define FASTGPT_AVX2_INTRINSICS 0
 #include "attention_kernels.h"
+#undef FASTGPT_AVX2_INTRINSICS
 #undef FASTGPT_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
 #define FASTGPT_HAVE_AVX2 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define FASTGPT_ISA avx2
+#define FASTGPT_AVX2_INTRINSICS 1
 #include "attention_kernels.h"
+#undef FASTGPT_AVX2_INTRINSICS
 #undef FASTGPT_ISA
 #pragma GCC pop_options
 #endif

@@ -12,6 +12,25 @@ constexpr int kRowGroup = 4;     // query rows that share each load of a key til
 
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
+// kLanes-wide vectors (GCC/Clang vector extensions): the compiler maps them onto the registers of
+// whichever target a kernel copy is compiled for (two SSE or one AVX2 register of float).
+typedef float f32xL __attribute__((vector_size(kLanes * sizeof(float))));
+typedef double f64xL __attribute__((vector_size(kLanes * sizeof(double))));
+typedef int32_t i32xL __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef int64_t i64xL __attribute__((vector_size(kLanes * sizeof(int64_t))));
+typedef uint64_t u64xL __attribute__((vector_size(kLanes * sizeof(uint64_t))));
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> { using type = f32xL; using mask = i32xL; };
+template <>
+struct VecOf<double> { using type = f64xL; using mask = i64xL; };
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+using VecMask = typename VecOf<T>::mask;  // what comparing two Vec<T> gives
+
 // Counter-based dropout: Philox-4x32-10, first output word, key (seed lo, seed hi), counter
 // (offset lo, offset hi, 0, 0).
 constexpr uint32_t kPhiloxRoundA = 0xD2511F53u, kPhiloxRoundB = 0xCD9E8D57u;

@@ -13,56 +13,107 @@
 namespace fastgpt {
 namespace FASTGPT_ISA {
 
+// ---------------------------------------------------------------------------------------------
+// Vector helpers. FASTGPT_AVX2_INTRINSICS says whether this copy may use AVX2 intrinsics.
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+inline Vec<T> load(const T* p) {
+  Vec<T> x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+
+template <typename T>
+inline void store(T* p, Vec<T> x) { std::memcpy(p, &x, sizeof(x)); }
+
+template <typename T>
+inline Vec<T> splat(T x) { return Vec<T>{} + x; }
+
+template <typename T>
+inline Vec<T> lane_index() {
+  Vec<T> x;
+  for (int u = 0; u < kLanes; ++u) x[u] = static_cast<T>(u);
+  return x;
+}
+
+template <typename T>
+inline T horizontal_sum(Vec<T> x) {
+  T sum = 0;
+  for (int u = 0; u < kLanes; ++u) sum += x[u];
+  return sum;
+}
+
+// Philox works on 32-bit words; each is held in the low half of a 64-bit lane, so that one
+// unsigned 32x32 -> 64-bit multiply per lane (pmuludq) gives both words of a product. The upper
+// halves of the lanes may hold garbage: the multiply and the final compare read only low halves.
+
+// The 64-bit products lo32(a)·b, lane by lane.
+inline u64xL mul_low_words(u64xL a, uint32_t b) {
+#if FASTGPT_AVX2_INTRINSICS
+  static_assert(sizeof(u64xL) == 2 * sizeof(__m256i), "two AVX2 registers per vector");
+  const __m256i bv = _mm256_set1_epi64x(b);
+  __m256i half[2];
+  std::memcpy(half, &a, sizeof(a));
+  half[0] = _mm256_mul_epu32(half[0], bv);
+  half[1] = _mm256_mul_epu32(half[1], bv);
+  std::memcpy(&a, half, sizeof(a));
+  return a;
+#else
+  return (a & 0xFFFFFFFFu) * static_cast<uint64_t>(b);
+#endif
+}
+
+// The first Philox-4x32-10 word of the kLanes consecutive offsets offset, offset + 1, ...
+// (in the low halves of the lanes).
+inline u64xL philox_words(const Dropout& dr, uint64_t offset) {
+  u64xL c0;
+  for (int u = 0; u < kLanes; ++u) c0[u] = offset + u;
+  u64xL c1 = c0 >> 32, c2 = {}, c3 = {};
+  for (int r = 0; r < 10; ++r) {
+    const u64xL product_b = mul_low_words(c2, kPhiloxRoundB), product_a = mul_low_words(c0, kPhiloxRoundA);
+    c0 = (product_b >> 32) ^ c1 ^ dr.key0[r];
+    c2 = (product_a >> 32) ^ c3 ^ dr.key1[r];
+    c1 = product_b;
+    c3 = product_a;
+  }
+  return c0;
+}
+
 // z[j] = kept or 0 for the elements at offsets offset + j, j < count (a multiple of kLanes).
 template <typename T>
-inline void keep_multipliers(const Dropout& dr, uint64_t offset, int count, T kept, T* __restrict z) {
-  const uint32_t lo = static_cast<uint32_t>(offset), hi = static_cast<uint32_t>(offset >> 32);
-  for (int j = 0; j < count; ++j) {
-    uint32_t c0 = lo + static_cast<uint32_t>(j);
-    uint32_t c1 = hi + (c0 < lo ? 1u : 0u);  // carry into the high word
-    uint32_t c2 = 0, c3 = 0;
-    for (int r = 0; r < 10; ++r) {
-      const uint64_t pb = static_cast<uint64_t>(kPhiloxRoundB) * c2;
-      const uint64_t pa = static_cast<uint64_t>(kPhiloxRoundA) * c0;
-      const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c1 ^ dr.key0[r];
-      const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c3 ^ dr.key1[r];
-      c1 = static_cast<uint32_t>(pb);
-      c3 = static_cast<uint32_t>(pa);
-      c0 = n0;
-      c2 = n2;
-    }
-    z[j] = c0 >= dr.threshold ? kept : T(0);
+inline void keep_multipliers(const Dropout& dr, uint64_t offset, int count, T kept, T* z) {
+  for (int c = 0; c < count; c += kLanes) {
+    const i64xL keep = (philox_words(dr, offset + c) & 0xFFFFFFFFu) >= dr.threshold;
+    store(z + c, __builtin_convertvector(keep, VecMask<T>) ? splat(kept) : Vec<T>{});
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// exp: a vectorisable float exp (Cephes' polynomial, ~1 ulp) for arguments <= ~0; double uses
-// std::exp (float64 is the gradcheck path, not a fast one).
+// exp: a vector float exp (Cephes' polynomial, ~1 ulp) for arguments <= ~0; double uses std::exp
+// lane by lane (float64 is the gradcheck path, not a fast one).
 // ---------------------------------------------------------------------------------------------
 
-inline float exp_approx(float x) {
-  x = std::max(x, -87.0f);
-  const float t = x * 1.44269504088896341f + 12582912.0f;  // 1.5·2^23: rounds x·log2(e) to an integer
-  const float n = t - 12582912.0f;
-  int32_t n_int;
-  std::memcpy(&n_int, &t, sizeof(n_int));
-  n_int -= 0x4B400000;
-  const float r = x - n * 0.693359375f - n * -2.12194440e-4f;  // x - n·ln 2 in two parts
-  float poly = 1.9875691500e-4f;
+inline f32xL exp_approx(f32xL x) {
+  x = x > -87.0f ? x : splat(-87.0f);
+  const f32xL t = x * 1.44269504088896341f + 12582912.0f;  // 1.5·2^23: rounds x·log2(e) to an integer
+  const f32xL n = t - 12582912.0f;
+  const i32xL n_int = reinterpret_cast<i32xL>(t) - 0x4B400000;
+  const f32xL r = x - n * 0.693359375f - n * -2.12194440e-4f;  // x - n·ln 2 in two parts
+  f32xL poly = splat(1.9875691500e-4f);
   poly = poly * r + 1.3981999507e-3f;
   poly = poly * r + 8.3334519073e-3f;
   poly = poly * r + 4.1665795894e-2f;
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
   poly = poly * r * r + r + 1.0f;
-  uint32_t bits;
-  std::memcpy(&bits, &poly, sizeof(bits));
-  bits += static_cast<uint32_t>(n_int) << 23;  // multiply by 2^n
-  std::memcpy(&poly, &bits, sizeof(poly));
-  return poly;
+  return reinterpret_cast<f32xL>(reinterpret_cast<i32xL>(poly) + (n_int << 23));  // times 2^n
 }
 
-inline double exp_approx(double x) { return std::exp(x); }
+inline f64xL exp_approx(f64xL x) {
+  for (int u = 0; u < kLanes; ++u) x[u] = std::exp(x[u]);
+  return x;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Tile helpers
@@ -81,64 +132,67 @@ inline void load_transposed(const T* __restrict src, int n, T* __restrict dst) {
 // s[r][j] = a[r] · b[j] for kRowGroup rows a (kRowGroup, D) and the columns of bt (D, kKeyBlock),
 // j < npad (a multiple of kLanes).
 template <typename T, int D>
-inline void tile_dots(const T* __restrict a, const T* __restrict bt, int npad, T* __restrict s) {
+inline void tile_dots(const T* a, const T* bt, int npad, T* s) {
   for (int c = 0; c < npad; c += kLanes) {
-    T acc[kRowGroup][kLanes] = {};
-    for (int d = 0; d < D; ++d)
-      for (int r = 0; r < kRowGroup; ++r)
-        for (int u = 0; u < kLanes; ++u) acc[r][u] += a[r * D + d] * bt[d * kKeyBlock + c + u];
-    for (int r = 0; r < kRowGroup; ++r)
-      for (int u = 0; u < kLanes; ++u) s[r * kKeyBlock + c + u] = acc[r][u];
+    Vec<T> acc[kRowGroup] = {};
+    for (int d = 0; d < D; ++d) {
+      const Vec<T> b = load(bt + d * kKeyBlock + c);
+      for (int r = 0; r < kRowGroup; ++r) acc[r] += a[r * D + d] * b;
+    }
+    for (int r = 0; r < kRowGroup; ++r) store(s + r * kKeyBlock + c, acc[r]);
   }
 }
 
 // out[r] += sum_j w[r][j] · rows[j] for kRowGroup rows of out (kRowGroup, D) and n rows (n, D);
 // the rows of a group are independent FMA chains, which hides their latency for small D.
 template <typename T, int D>
-inline void tile_weighted_rows(const T* __restrict w, const T* __restrict rows, int n, T* __restrict out) {
-  T acc[kRowGroup][D] = {};
-  for (int j = 0; j < n; ++j)
-    for (int r = 0; r < kRowGroup; ++r)
-      for (int d = 0; d < D; ++d) acc[r][d] += w[r * kKeyBlock + j] * rows[j * D + d];
-  for (int r = 0; r < kRowGroup; ++r)
-    for (int d = 0; d < D; ++d) out[r * D + d] += acc[r][d];
+inline void tile_weighted_rows(const T* w, const T* rows, int n, T* out) {
+  for (int d0 = 0; d0 < D; d0 += kLanes) {
+    Vec<T> acc[kRowGroup] = {};
+    for (int j = 0; j < n; ++j) {
+      const Vec<T> x = load(rows + j * D + d0);
+      for (int r = 0; r < kRowGroup; ++r) acc[r] += w[r * kKeyBlock + j] * x;
+    }
+    for (int r = 0; r < kRowGroup; ++r) store(out + r * D + d0, load(out + r * D + d0) + acc[r]);
+  }
 }
 
 // acc[j] += sum_r w[r][j] · rows[r] for j < n: the key-side update (dK, dV) of a row group.
 template <typename T, int D>
-inline void tile_accumulate_keys(const T* __restrict w, const T* __restrict rows, int n, T* __restrict acc) {
+inline void tile_accumulate_keys(const T* w, const T* rows, int n, T* acc) {
   for (int j = 0; j < n; ++j)
-    for (int d = 0; d < D; ++d) {
-      T sum = acc[j * D + d];
-      for (int r = 0; r < kRowGroup; ++r) sum += w[r * kKeyBlock + j] * rows[r * D + d];
-      acc[j * D + d] = sum;
+    for (int d0 = 0; d0 < D; d0 += kLanes) {
+      Vec<T> sum = load(acc + j * D + d0);
+      for (int r = 0; r < kRowGroup; ++r) sum += w[r * kKeyBlock + j] * load(rows + r * D + d0);
+      store(acc + j * D + d0, sum);
     }
 }
 
+// The largest of s[j] for j < n (npad = n rounded up to kLanes).
 template <typename T>
-inline T row_max(const T* s, int npad) {
-  T lanes[kLanes];
-  for (int u = 0; u < kLanes; ++u) lanes[u] = -std::numeric_limits<T>::infinity();
-  for (int c = 0; c < npad; c += kLanes)
-    for (int u = 0; u < kLanes; ++u) lanes[u] = std::max(lanes[u], s[c + u]);
-  T m = lanes[0];
-  for (int u = 1; u < kLanes; ++u) m = std::max(m, lanes[u]);
-  return m;
+inline T row_max(const T* s, int n, int npad) {
+  const Vec<T> lanes = lane_index<T>(), minus_inf = splat(-std::numeric_limits<T>::infinity());
+  Vec<T> m = minus_inf;
+  for (int c = 0; c < npad; c += kLanes) {
+    const Vec<T> x = load(s + c);
+    m = (lanes + T(c) < T(n)) & (x > m) ? x : m;
+  }
+  T result = m[0];
+  for (int u = 1; u < kLanes; ++u) result = std::max(result, m[u]);
+  return result;
 }
 
 // s[j] = exp(s[j] - shift) for j < n, 0 for n <= j < npad; returns the sum.
 template <typename T>
 inline T exp_shifted(T* s, int n, int npad, T shift) {
-  T lanes[kLanes] = {};
-  for (int c = 0; c < npad; c += kLanes)
-    for (int u = 0; u < kLanes; ++u) {
-      const T e = c + u < n ? exp_approx(s[c + u] - shift) : T(0);
-      s[c + u] = e;
-      lanes[u] += e;
-    }
-  T sum = 0;
-  for (int u = 0; u < kLanes; ++u) sum += lanes[u];
-  return sum;
+  const Vec<T> lanes = lane_index<T>();
+  Vec<T> sum = {};
+  for (int c = 0; c < npad; c += kLanes) {
+    const Vec<T> e = lanes + T(c) < T(n) ? exp_approx(load(s + c) - shift) : Vec<T>{};
+    store(s + c, e);
+    sum += e;
+  }
+  return horizontal_sum<T>(sum);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,15 +230,14 @@ void forward_rows(const T* q, const T* k, const T* v, int64_t seq_len, int64_t r
         }
         const int row = g0 + r;
         const int n = std::min<int>(nk, static_cast<int>(r0 + row - kb0 + 1));  // causal: keys j <= i
-        for (int j = n; j < npad; ++j) sr[j] = -std::numeric_limits<T>::infinity();
-        const T m_new = std::max(m[row], row_max(sr, npad));
+        const T m_new = std::max(m[row], row_max(sr, n, npad));
         const T alpha = std::exp(m[row] - m_new);  // rescales what earlier tiles accumulated
         l[row] = l[row] * alpha + exp_shifted(sr, n, npad, m_new);
         m[row] = m_new;
         for (int d = 0; d < D; ++d) acc[row * D + d] *= alpha;
         if (dr.on) {
           keep_multipliers(dr, head_offset + static_cast<uint64_t>(r0 + row) * seq_len + kb0, npad, T(1), z.data());
-          for (int j = 0; j < npad; ++j) sr[j] *= z[j];
+          for (int j = 0; j < npad; j += kLanes) store(sr + j, load(sr + j) * load(&z[j]));
         }
       }
       tile_weighted_rows<T, D>(s.data(), v + kb0 * D, n_last, &acc[g0 * D]);
@@ -245,9 +298,10 @@ void backward_keys(const T* q, const T* k, const T* v, const T* grad_out, const 
           std::fill(z.begin(), z.begin() + npad, T(1));
         }
         const T row_delta = delta[row];
-        for (int j = 0; j < npad; ++j) {
-          dsr[j] = pr[j] * (dsr[j] * z[j] - row_delta);
-          pr[j] *= z[j];
+        for (int j = 0; j < npad; j += kLanes) {
+          const Vec<T> p = load(pr + j), zj = load(&z[j]);
+          store(dsr + j, p * (load(dsr + j) * zj - row_delta));
+          store(pr + j, p * zj);
         }
       }
       tile_accumulate_keys<T, D>(s.data(), dout.data(), n_last, dv_acc.data());
