@@ -233,3 +233,11 @@ def test_model_with_cpp_attention_matches_torch():
     torch.testing.assert_close(loss_fused, loss_reference, rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(reference.named_parameters(), fused.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_info_lists_every_backend():
+    from fastgpt.info import report
+    text = report()
+    assert "cpp     available" in text and "auto -> cpp" in text
+    for backend in ("torch", "triton", "sdpa"):
+        assert f"  {backend} " in text
