@@ -99,11 +99,12 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, double dropout
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Key chunks per head in the backward: several when there are few heads, so that a small batch
-// still spreads over the threads. A function of the shape only, so the bits do not depend on the
-// thread count.
-int64_t key_chunks_per_head(int64_t heads, int64_t seq_len) {
-  return std::max<int64_t>(1, std::min(ceil_div(seq_len, kKeyBlock), ceil_div(16, heads)));
+// Key blocks per backward task. A head's keys split into several chunks when there are few heads,
+// so that a small batch still spreads over the threads; every chunk holds at least one key. A
+// function of the shape only, so the bits do not depend on the thread count.
+int64_t key_blocks_per_chunk(int64_t heads, int64_t seq_len) {
+  const int64_t blocks = ceil_div(seq_len, kKeyBlock);
+  return ceil_div(blocks, std::max<int64_t>(1, std::min(blocks, ceil_div(16, heads))));
 }
 
 }  // namespace
@@ -148,12 +149,11 @@ std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_out_in, const Ten
   TORCH_CHECK(lse_in.sizes() == q_in.sizes().slice(0, 3), "fastgpt._C: lse must be (B, H, T)");
   const auto dtype = compute_dtype(q_in);
   const Tensor q = prepared(q_in, dtype), k = prepared(k_in, dtype), v = prepared(v_in, dtype);
-  const Tensor grad_out = prepared(grad_out_in, dtype), lse = prepared(lse_in, dtype);
-  const Tensor delta = (grad_out * out_in.to(dtype)).sum(-1).contiguous();  // rowsum(dO ∘ O), (B, H, T)
+  const Tensor grad_out = prepared(grad_out_in, dtype), out = prepared(out_in, dtype), lse = prepared(lse_in, dtype);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
-  const int64_t chunks = key_chunks_per_head(B * H, T), chunk_keys = ceil_div(ceil_div(T, kKeyBlock), chunks) * kKeyBlock;
+  const int64_t chunk_keys = key_blocks_per_chunk(B * H, T) * kKeyBlock, chunks = ceil_div(T, chunk_keys);
   // Each key chunk adds its share of dQ into its own buffer, summed in a fixed order below: no races.
-  Tensor dq_parts = at::zeros({chunks, B, H, T, D}, q.options());
+  Tensor dq_parts = at::empty({chunks, B, H, T, D}, q.options());
   Tensor dk = at::empty_like(k), dv = at::empty_like(v);
   const Dropout dr = make_dropout(dropout_p, seed);
   AT_DISPATCH_FLOATING_TYPES(dtype, "fastgpt_attention_backward", [&] {
@@ -161,8 +161,8 @@ std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_out_in, const Ten
       constexpr int kD = decltype(head_size)::value;
       const auto scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(D)));
       const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
-      const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *lp = lse.data_ptr<scalar_t>(),
-                     *deltap = delta.data_ptr<scalar_t>();
+      const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *outp = out.data_ptr<scalar_t>(),
+                     *lp = lse.data_ptr<scalar_t>();
       scalar_t *dqp = dq_parts.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
       with_isa([&](auto isa) {
         at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -170,9 +170,8 @@ std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_out_in, const Ten
             const int64_t bh = task / chunks, chunk = task % chunks;
             const int64_t c0 = chunk * chunk_keys, c1 = std::min(T, c0 + chunk_keys);
             const int64_t slice = bh * T * kD;
-            if (c0 >= T) continue;
             decltype(isa)::template backward<scalar_t, kD>(
-                qp + slice, kp + slice, vp + slice, gp + slice, lp + bh * T, deltap + bh * T, T, c0, c1, scale, dr,
+                qp + slice, kp + slice, vp + slice, gp + slice, outp + slice, lp + bh * T, T, c0, c1, scale, dr,
                 static_cast<uint64_t>(bh * T) * T, dqp + chunk * B * H * T * kD + slice, dkp + slice, dvp + slice);
           }
         });

@@ -119,10 +119,13 @@ inline f64xL exp_approx(f64xL x) {
 // Tile helpers
 // ---------------------------------------------------------------------------------------------
 
+// Vectors per step of the tile loops: two independent accumulator sets keep both FMA units busy.
+constexpr int kVecsPerStep = 2;
+
 // dst (D, kKeyBlock) = the n rows of src (n, D) transposed, zero in columns n .. round_up(n).
 template <typename T, int D>
 inline void load_transposed(const T* __restrict src, int n, T* __restrict dst) {
-  const int npad = round_up(n, kLanes);
+  const int npad = round_up(n, kVecsPerStep * kLanes);
   for (int d = 0; d < D; ++d) {
     for (int j = 0; j < n; ++j) dst[d * kKeyBlock + j] = src[j * D + d];
     for (int j = n; j < npad; ++j) dst[d * kKeyBlock + j] = T(0);
@@ -131,15 +134,19 @@ inline void load_transposed(const T* __restrict src, int n, T* __restrict dst) {
 
 // s[r][j] = a[r] · b[j] for kRowGroup rows a (kRowGroup, D) and the columns of bt (D, kKeyBlock),
 // j < npad (a multiple of kLanes).
+// (May write s up to npad rounded up to kVecsPerStep·kLanes, within kKeyBlock.)
 template <typename T, int D>
 inline void tile_dots(const T* a, const T* bt, int npad, T* s) {
-  for (int c = 0; c < npad; c += kLanes) {
-    Vec<T> acc[kRowGroup] = {};
+  for (int c = 0; c < npad; c += kVecsPerStep * kLanes) {
+    Vec<T> acc[kRowGroup][kVecsPerStep] = {};
     for (int d = 0; d < D; ++d) {
-      const Vec<T> b = load(bt + d * kKeyBlock + c);
-      for (int r = 0; r < kRowGroup; ++r) acc[r] += a[r * D + d] * b;
+      Vec<T> b[kVecsPerStep];
+      for (int w = 0; w < kVecsPerStep; ++w) b[w] = load(bt + d * kKeyBlock + c + w * kLanes);
+      for (int r = 0; r < kRowGroup; ++r)
+        for (int w = 0; w < kVecsPerStep; ++w) acc[r][w] += a[r * D + d] * b[w];
     }
-    for (int r = 0; r < kRowGroup; ++r) store(s + r * kKeyBlock + c, acc[r]);
+    for (int r = 0; r < kRowGroup; ++r)
+      for (int w = 0; w < kVecsPerStep; ++w) store(s + r * kKeyBlock + c + w * kLanes, acc[r][w]);
   }
 }
 
@@ -147,13 +154,20 @@ inline void tile_dots(const T* a, const T* bt, int npad, T* s) {
 // the rows of a group are independent FMA chains, which hides their latency for small D.
 template <typename T, int D>
 inline void tile_weighted_rows(const T* w, const T* rows, int n, T* out) {
-  for (int d0 = 0; d0 < D; d0 += kLanes) {
-    Vec<T> acc[kRowGroup] = {};
+  constexpr int kVecs = D >= kVecsPerStep * kLanes ? kVecsPerStep : 1;
+  for (int d0 = 0; d0 < D; d0 += kVecs * kLanes) {
+    Vec<T> acc[kRowGroup][kVecs] = {};
     for (int j = 0; j < n; ++j) {
-      const Vec<T> x = load(rows + j * D + d0);
-      for (int r = 0; r < kRowGroup; ++r) acc[r] += w[r * kKeyBlock + j] * x;
+      Vec<T> x[kVecs];
+      for (int u = 0; u < kVecs; ++u) x[u] = load(rows + j * D + d0 + u * kLanes);
+      for (int r = 0; r < kRowGroup; ++r)
+        for (int u = 0; u < kVecs; ++u) acc[r][u] += w[r * kKeyBlock + j] * x[u];
     }
-    for (int r = 0; r < kRowGroup; ++r) store(out + r * D + d0, load(out + r * D + d0) + acc[r]);
+    for (int r = 0; r < kRowGroup; ++r)
+      for (int u = 0; u < kVecs; ++u) {
+        T* o = out + r * D + d0 + u * kLanes;
+        store(o, load(o) + acc[r][u]);
+      }
   }
 }
 
@@ -253,13 +267,20 @@ void forward_rows(const T* q, const T* k, const T* v, int64_t seq_len, int64_t r
 // ---------------------------------------------------------------------------------------------
 // Backward: the keys [c0, c1) of one head against every query row that sees them. Recomputes
 // P = exp(S - lse), regenerates the keep mask, writes dK and dV rows [c0, c1) and adds this
-// chunk's share of dQ into dq (T, D) rows [c0, T). delta (T) = rowsum(dO ∘ O).
+// chunk's share of dQ into dq (T, D), which it owns (it zeroes it first).
 // ---------------------------------------------------------------------------------------------
 
 template <typename T, int D>
-void backward_keys(const T* q, const T* k, const T* v, const T* grad_out, const T* lse, const T* delta,
+void backward_keys(const T* q, const T* k, const T* v, const T* grad_out, const T* out, const T* lse,
                    int64_t seq_len, int64_t c0, int64_t c1, T scale, const Dropout& dr, uint64_t head_offset,
                    T* dq, T* dk, T* dv) {
+  std::vector<T> delta(seq_len);  // rowsum(dO ∘ O) = rowsum(P ∘ dP), for the rows that see these keys
+  for (int64_t i = c0; i < seq_len; ++i) {
+    Vec<T> sum = {};
+    for (int d0 = 0; d0 < D; d0 += kLanes) sum += load(grad_out + i * D + d0) * load(out + i * D + d0);
+    delta[i] = horizontal_sum<T>(sum);
+  }
+  std::fill(dq, dq + seq_len * D, T(0));
   std::vector<T> kt(D * kKeyBlock), vt(D * kKeyBlock), dk_acc(kKeyBlock * D), dv_acc(kKeyBlock * D);
   std::vector<T> qs(kRowGroup * D), dout(kRowGroup * D), dq_group(kRowGroup * D);
   std::vector<T> s(kRowGroup * kKeyBlock), dp(kRowGroup * kKeyBlock), z(kKeyBlock);
@@ -336,10 +357,10 @@ struct Isa {
     forward_rows<T, D>(q, k, v, seq_len, r0, r1, scale, dr, head_offset, out, lse);
   }
   template <typename T, int D>
-  static void backward(const T* q, const T* k, const T* v, const T* grad_out, const T* lse, const T* delta,
+  static void backward(const T* q, const T* k, const T* v, const T* grad_out, const T* out, const T* lse,
                        int64_t seq_len, int64_t c0, int64_t c1, T scale, const Dropout& dr, uint64_t head_offset,
                        T* dq, T* dk, T* dv) {
-    backward_keys<T, D>(q, k, v, grad_out, lse, delta, seq_len, c0, c1, scale, dr, head_offset, dq, dk, dv);
+    backward_keys<T, D>(q, k, v, grad_out, out, lse, seq_len, c0, c1, scale, dr, head_offset, dq, dk, dv);
   }
   static void keep_mask(const Dropout& dr, int64_t seq_len, int64_t row0, int64_t row1, bool* mask) {
     keep_mask_rows(dr, seq_len, row0, row1, mask);

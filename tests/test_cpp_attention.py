@@ -144,7 +144,8 @@ def test_kernel_applies_its_mask():
     torch.testing.assert_close(out, reference_attention(q, k, v, 0.9, keep))
 
 
-@pytest.mark.parametrize("shape", [(8, 4, 100, 8), (1, 1, 300, 32)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(8, 4, 100, 8), (1, 1, 300, 32), (1, 4, 300, 16)],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_deterministic(shape):
     """Same bits on every run, including when one head's keys are split over several tasks."""
     qkv = make_qkv(*shape, dtype=torch.float32)
