@@ -11,6 +11,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 sources = sorted(glob.glob("csrc/*.cpp"))
 debug = os.environ.get("FASTGPT_DEBUG") == "1"
+# -ffp-contract=fast lets the AVX2 copy of the kernels fuse multiply-adds (ISO C++ mode forbids it).
 extra_compile_args = ["-O0", "-g"] if debug else ["-O3", "-ffp-contract=fast"]
 
 setup(

@@ -3,8 +3,8 @@
 // attention.cpp includes this file twice: once for the baseline instruction set and once under an
 // AVX2 + FMA target pragma, with FASTGPT_ISA naming the namespace of each copy, and picks one at run
 // time. That is why there is no include guard and nothing from ATen here: no torch header may be
-// compiled for a target it was not built for. The loops are written over fixed-width chunks of
-// kLanes elements so that the compiler vectorises them at -O3 for either target.
+// compiled for a target it was not built for. The loops work on kLanes-wide vectors (GCC/Clang
+// vector extensions, see attention_common.h), which each copy maps onto its target's registers.
 //
 // Layout: every pointer is a contiguous (T, D) slice of one (batch, head). Scores use q pre-scaled
 // by 1/sqrt(D). Dropout multiplies the probabilities by 1/(1 - p) or 0, the keep bit being a pure
