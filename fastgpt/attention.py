@@ -87,8 +87,6 @@ def _sdpa_attend(q, k, v, dropout_p, seed):
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
 
-
-
 _BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", lambda device_type, dtype, head_size: None, _torch_attend),
     "cpp": Backend("cpp", cpp_attention.unsupported, _fused_attend),
