@@ -19,7 +19,7 @@ from fastgpt.model import GPT
 from fastgpt.train import make_optimizer, train_step
 
 CPU = torch.device("cpu")
-MODELS = ["fastgpt-torch", "fastgpt-auto", "lecture"]
+MODELS = ["fastgpt-torch", "fastgpt-sdpa", "fastgpt-cpp", "fastgpt-auto", "lecture"]
 
 
 def make_model(name: str, cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
