@@ -55,9 +55,11 @@ def relative_errors(results, exact):
             for r, e in zip(results, exact)]
 
 
-def assert_as_accurate_as_reference(qkv, p, dtype=torch.float32, eps=1e-6):
+def assert_as_accurate_as_reference(qkv, p, dtype=torch.float32, eps=1e-5):
     """The kernel's error against float64 (output, dq, dk, dv) is at most twice the error of the
-    PyTorch reference computed in `dtype`, plus eps."""
+    PyTorch reference computed in `dtype`, plus eps (~170 float32 ulps at 1: the FlashAttention
+    backward's dS = P (dP - rowsum(dO ∘ O)) cancels where the reference's softmax backward does
+    not, e.g. dk at T = 3, p = 0.5 with 1.9e-6 against the reference's 1.5e-7)."""
     B, H, T, _ = qkv[0].shape
     keep = dropout_keep_mask(SEED, B, H, T, p, backend="cpp") if p > 0 else None
     grad_out = torch.randn(qkv[0].shape, dtype=torch.float64)
