@@ -89,7 +89,7 @@ def _op_keep_scale(q: Tensor, dropout_p: float, seed: Tensor) -> Tensor | float:
         return 1.0
     B, H, T, _ = q.shape
     keep = torch_keep_mask(int(seed), B, H, T, dropout_p, q.device)
-    return keep / (1.0 - dropout_p)
+    return keep.to(accumulate_dtype(q.dtype)) / (1.0 - dropout_p)  # float64 stays float64
 
 
 def reference_forward(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
