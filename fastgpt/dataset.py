@@ -84,36 +84,35 @@ def read_meta(directory: str | os.PathLike) -> dict:
     return meta
 
 
+def bits_per_char(loss: float, chars_per_token: float) -> float:
+    """A mean cross-entropy in nats per token as bits per character of the text, comparable across
+    tokenizers: loss / (chars per token) / ln 2."""
+    return loss / chars_per_token / math.log(2)
+
+
 class MemmapDataset:
-    """The splits of a prepared dataset, memory-mapped, and the tokenizer they were encoded with."""
+    """The splits of a prepared dataset as uint16/uint32 tensors over np.memmap (pages are read
+    when a batch touches them), and the tokenizer they were encoded with."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self.meta = read_meta(directory)
         self.tokenizer = tokenizer_from_state_dict(self.meta["tokenizer"])
-        self.data = {split: np.memmap(split_path(directory, split), dtype=self.meta["dtype"], mode="r")
-                     if self.meta[split]["tokens"] else np.empty(0, self.meta["dtype"])
-                     for split in SPLITS}
+        self.splits = {split: self._map(split) for split in SPLITS}
+
+    def _map(self, split: str) -> Tensor:
+        if self.meta[split]["tokens"] == 0:  # np.memmap cannot map an empty file
+            return torch.empty(0, dtype=torch.int64)
+        # Copy-on-write, so the array is writable for torch.from_numpy; nothing ever writes it.
+        return torch.from_numpy(np.memmap(split_path(self.directory, split), dtype=self.meta["dtype"],
+                                          mode="c"))
 
     def check_block_size(self, block_size: int) -> None:
         for split in SPLITS:
-            if len(self.data[split]) < block_size + 1:
-                raise UserError(f"the {split} split of {self.directory} has {len(self.data[split])} "
+            if len(self.splits[split]) < block_size + 1:
+                raise UserError(f"the {split} split of {self.directory} has {len(self.splits[split])} "
                                 f"tokens, fewer than block_size + 1 = {block_size + 1}; pass a "
                                 f"smaller --block-size or prepare a longer text")
 
-    def windows(self, split: str, starts: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
-        """Inputs x and targets y (len(starts), block_size) int64 from the windows at `starts`."""
-        data = self.data[split]
-        rows = np.stack([data[i:i + block_size + 1] for i in starts.tolist()]).astype(np.int64)
-        w = torch.from_numpy(rows)  # (B, block_size + 1)
-        return w[:, :-1], w[:, 1:]
-
-    def random_starts(self, split: str, n: int, block_size: int, generator: torch.Generator) -> Tensor:
-        """`n` window starts drawn uniformly, as the lecture's get_batch draws them."""
-        return torch.randint(len(self.data[split]) - block_size, (n,), generator=generator)
-
-    def bits_per_char(self, split: str, loss: float) -> float:
-        """A mean cross-entropy in nats per token as bits per character of the text, comparable
-        across tokenizers: loss · tokens / chars / ln 2."""
-        return loss * self.meta[split]["tokens"] / self.meta[split]["chars"] / math.log(2)
+    def chars_per_token(self, split: str) -> float:
+        return self.meta[split]["chars"] / max(1, self.meta[split]["tokens"])

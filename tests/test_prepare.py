@@ -38,7 +38,7 @@ def write_corpus(path, n_bytes: int, seed: int = 0) -> str:
 
 def decoded_splits(directory) -> str:
     ds = MemmapDataset(directory)
-    return "".join(ds.tokenizer.decode(ds.data[split].tolist()) for split in ("train", "val"))
+    return "".join(ds.tokenizer.decode(ds.splits[split].tolist()) for split in ("train", "val"))
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
@@ -52,8 +52,8 @@ def test_ids_round_trip_to_the_text(tmp_path, kind):
     n_train = int(0.9 * len(expected))
     assert (meta["train"]["chars"], meta["val"]["chars"]) == (n_train, len(expected) - n_train)
     ds = MemmapDataset(tmp_path / "ds")
-    assert ds.tokenizer.decode(ds.data["train"].tolist()) == expected[:n_train]
-    assert meta["dtype"] == "uint16" and ds.data["train"].dtype == np.uint16
+    assert ds.tokenizer.decode(ds.splits["train"].tolist()) == expected[:n_train]
+    assert meta["dtype"] == "uint16" and ds.splits["train"].dtype == torch.uint16
 
 
 def test_char_ids_equal_the_in_memory_encoding(tmp_path, corpus_path):
@@ -63,8 +63,8 @@ def test_char_ids_equal_the_in_memory_encoding(tmp_path, corpus_path):
     ds = MemmapDataset(tmp_path / "ds")
     n = int(0.9 * len(text))
     assert ds.tokenizer.itos == tokenizer.itos
-    np.testing.assert_array_equal(ds.data["train"], tokenizer.encode(text[:n]))
-    np.testing.assert_array_equal(ds.data["val"], tokenizer.encode(text[n:]))
+    np.testing.assert_array_equal(ds.splits["train"], tokenizer.encode(text[:n]))
+    np.testing.assert_array_equal(ds.splits["val"], tokenizer.encode(text[n:]))
     assert meta["source"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
@@ -77,8 +77,8 @@ def test_bpe_in_pieces_equals_whole_text_encoding(tmp_path):
     prep.prepare(src, "bpe", tmp_path / "ds", vocab_size=400, chunk_chars=500)
     ds = MemmapDataset(tmp_path / "ds")
     n = int(0.9 * len(text))
-    assert ds.data["train"].tolist() == ds.tokenizer.encode(text[:n])
-    assert ds.tokenizer.decode(ds.data["val"].tolist()) == text[n:]
+    assert ds.splits["train"].tolist() == ds.tokenizer.encode(text[:n])
+    assert ds.tokenizer.decode(ds.splits["val"].tolist()) == text[n:]
 
 
 def test_word_aligned_cuts_only_between_a_word_and_a_space():
@@ -112,7 +112,7 @@ def test_dtype_switches_to_uint32_above_65536_tokens(tmp_path):
     meta = prep.prepare(src, "char", tmp_path / "ds")
     assert meta["vocab_size"] == 70000 and meta["dtype"] == "uint32"
     ds = MemmapDataset(tmp_path / "ds")
-    assert ds.data["train"].dtype == np.uint32 and int(ds.data["train"].max()) > 65535
+    assert ds.splits["train"].dtype == torch.uint32 and int(ds.splits["train"].long().max()) > 65535
     assert decoded_splits(tmp_path / "ds") == text
 
 
@@ -235,13 +235,12 @@ def test_prepare_refuses_to_overwrite_a_dataset(dataset_dir, tmp_path):
     assert {p.name: p.read_bytes() for p in dataset_dir.iterdir()} == before
 
 
-def test_random_batches_are_windows_of_the_data(dataset_dir):
+def test_splits_are_zero_copy_views_of_the_files(dataset_dir):
     ds = MemmapDataset(dataset_dir)
-    g = torch.Generator().manual_seed(5)
-    starts = ds.random_starts("train", 8, 16, g)
-    x, y = ds.windows("train", starts, 16)
-    assert x.shape == y.shape == (8, 16) and x.dtype == torch.int64
-    data = torch.from_numpy(ds.data["train"].astype(np.int64))
-    for row, i in enumerate(starts.tolist()):
-        assert torch.equal(x[row], data[i:i + 16]) and torch.equal(y[row], data[i + 1:i + 17])
-    assert torch.equal(starts, ds.random_starts("train", 8, 16, torch.Generator().manual_seed(5)))
+    train = ds.splits["train"]
+    assert train.dtype == torch.uint16
+    assert torch.equal(train.long(), torch.from_numpy(np.fromfile(dataset_dir / "train.bin", "<u2").astype(np.int64)))
+    window = train[torch.tensor([[0, 1, 2], [5, 6, 7]])].long()  # what a batch gathers
+    assert window[1].tolist() == train[5:8].tolist()
+    with pytest.raises(UserError, match="fewer than block_size"):
+        ds.check_block_size(len(ds.splits["val"]))
