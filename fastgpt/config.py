@@ -19,6 +19,9 @@ class TrainConfig:
     # data and output
     data: Optional[str] = _opt(None, "UTF-8 text file to train on (default: tiny Shakespeare, "
                                      "downloaded once into $FASTGPT_DATA_DIR or the user cache)")
+    dataset: Optional[str] = _opt(None, "a directory written by `python -m fastgpt.prepare` "
+                                        "(memory-mapped train.bin/val.bin and their tokenizer), "
+                                        "instead of --data")
     out_dir: str = _opt("out", "directory for checkpoints (last.pt, best.pt), metrics.jsonl and loss.png")
     resume: bool = _opt(False, "continue from out_dir/last.pt exactly where it stopped")
     seed: int = _opt(1337, "seed of every random number generator")
@@ -26,6 +29,10 @@ class TrainConfig:
     attention: str = _opt("auto", "attention backend: auto (the fastest available), torch, cpp, "
                                   "triton, or sdpa (PyTorch's kernel, a baseline)",
                           choices=("auto", "torch", "cpp", "triton", "sdpa"))
+    dtype: str = _opt("float32", "precision of the forward pass under autocast: float32, bfloat16, "
+                                 "or float16 (with a GradScaler)",
+                      choices=("float32", "bfloat16", "float16"))
+    compile: bool = _opt(False, "wrap the model in torch.compile")
     # model
     block_size: int = _opt(128, "context length in characters")
     n_layer: int = _opt(4, "transformer blocks")
@@ -33,7 +40,9 @@ class TrainConfig:
     n_embd: int = _opt(32, "embedding width (divisible by n_head)")
     dropout: float = _opt(0.2, "dropout on attention weights, projections and MLP, in [0, 1)")
     # optimisation
-    batch_size: int = _opt(32, "sequences per step")
+    batch_size: int = _opt(32, "sequences per step (per process and micro-step under torchrun)")
+    grad_accum: int = _opt(1, "micro-batches accumulated per step in each process: the global batch "
+                              "is batch_size × grad_accum × processes")
     max_iters: int = _opt(5000, "training steps")
     learning_rate: float = _opt(3e-4, "peak learning rate of AdamW")
     lr_schedule: str = _opt("constant", "constant (the lecture) or cosine (linear warm-up, then "
@@ -116,7 +125,7 @@ def flag(name: str) -> str:
 
 
 POSITIVE = ("block_size", "n_layer", "n_head", "n_embd", "batch_size", "max_iters", "eval_interval",
-            "eval_iters", "log_interval")
+            "eval_iters", "log_interval", "grad_accum")
 NON_NEGATIVE = ("warmup_iters", "min_lr", "weight_decay", "grad_clip", "sample_chars")
 
 
@@ -138,3 +147,5 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("beta1", "beta2"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.data is not None and cfg.dataset is not None:
+        raise UserError("--data and --dataset both name the training text; pass one of them")

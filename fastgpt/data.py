@@ -116,24 +116,35 @@ class RandomBatches:
     Training batches come from one generator whose state goes into every checkpoint, so a resumed
     run draws the same batches; evaluation batches come from a generator seeded afresh at each
     evaluation, so every evaluation scores the same windows and never moves the training draws.
+
+    Data-parallel runs: every process draws the starts of the whole global batch (world_size ×
+    batch_size windows) from the same seeded stream and keeps the share of its rank, so the
+    processes see different windows, reproducibly, and together exactly those that one process
+    with the global batch would see. Splits may hold any integer dtype (uint16 memory maps).
     """
 
     def __init__(self, splits: dict[str, Tensor], block_size: int, batch_size: int, seed: int,
-                 device: torch.device):
+                 device: torch.device, rank: int = 0, world_size: int = 1):
         self.splits = splits
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self.rank = rank
+        self.world_size = world_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def batch(self, split: str, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
-        """(x, y), each (batch_size, block_size) on the device; y is x shifted by one token."""
+    def batch(self, split: str, generator: Optional[torch.Generator] = None,
+              whole: bool = False) -> tuple[Tensor, Tensor]:
+        """(x, y), each (batch_size, block_size) on the device, y is x shifted by one token: this
+        process's share of the global batch, or with `whole` all world_size × batch_size rows."""
         data = self.splits[split]
-        starts = torch.randint(len(data) - self.block_size, (self.batch_size,),
+        starts = torch.randint(len(data) - self.block_size, (self.world_size * self.batch_size,),
                                generator=generator or self.generator)
-        positions = starts[:, None] + torch.arange(self.block_size)  # (batch_size, block_size)
-        x, y = data[positions], data[positions + 1]
+        if not whole:
+            starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        positions = starts[:, None] + torch.arange(self.block_size)  # (rows, block_size)
+        x, y = data[positions].long(), data[positions + 1].long()
         if self.device.type == "cuda":
             return (x.pin_memory().to(self.device, non_blocking=True),
                     y.pin_memory().to(self.device, non_blocking=True))

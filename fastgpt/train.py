@@ -4,25 +4,35 @@ The lecture's loop, organised as nanoGPT's: random batches, AdamW, a constant or
 learning rate, gradient clipping, and every `eval_interval` steps an evaluation that appends to
 out_dir/metrics.jsonl, redraws out_dir/loss.png and writes the checkpoints last.pt and best.pt
 (lowest val loss). `--resume` continues from last.pt exactly where that run was.
+
+Beyond one process and one corpus: `--dataset DIR` trains on a memory-mapped dataset written by
+`python -m fastgpt.prepare` (char or BPE); `torchrun --nproc_per_node=N -m fastgpt.train` trains
+data-parallel (fastgpt.distributed); `--dtype bfloat16|float16` runs under autocast
+(fastgpt.precision); `--compile` wraps the model in torch.compile.
 """
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fastgpt import checkpoint
 from fastgpt.config import (TrainConfig, build_parser, config_from_args, config_from_dict, flag,
                             validate)
 from fastgpt.data import RandomBatches, default_corpus, read_text, split, text_sha256
+from fastgpt.dataset import MemmapDataset, bits_per_char
+from fastgpt.distributed import SINGLE, Processes, launched_processes, start, stop
 from fastgpt.errors import UserError, run_cli
 from fastgpt.files import atomic_write
 from fastgpt.model import GPT, GPTConfig
+from fastgpt.precision import Precision
 from fastgpt.tokenizer import CharTokenizer
 
 METRICS, PLOT = "metrics.jsonl", "loss.png"
@@ -120,16 +130,33 @@ def learning_rate(it: int, cfg: TrainConfig) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def rng_state(batches: RandomBatches) -> dict:
+def rng_state(batches: RandomBatches, rank_states: Optional[list[dict]] = None) -> dict:
+    """With `rank_states` (a data-parallel run): each process's own generators, by rank (dropout
+    draws differ between processes; the batch stream is one and the same in all)."""
+    state = {"torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             "batches": batches.state_dict()}
+    if rank_states:
+        state["ranks"] = rank_states
+    return state
+
+
+def process_rng_state() -> dict:
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "batches": batches.state_dict()}
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}
 
 
-def set_rng_state(state: dict, batches: RandomBatches) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(state: dict, batches: RandomBatches, procs: Processes = SINGLE) -> None:
+    if procs.distributed:
+        if len(state.get("ranks", ())) == procs.world_size:  # another count draws new dropout masks
+            own = state["ranks"][procs.rank]
+            torch.set_rng_state(own["torch"])
+            if own["cuda"] is not None and torch.cuda.is_initialized():
+                torch.cuda.set_rng_state(own["cuda"])
+    else:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
     batches.load_state_dict(state["batches"])
 
 
@@ -138,29 +165,49 @@ def set_rng_state(state: dict, batches: RandomBatches) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def gradient_sync(model: nn.Module, sync: bool):
+    """DDP all-reduces the gradients in every backward; accumulating micro-batches skip it until
+    the last one."""
+    if sync or not isinstance(model, DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomBatches,
-               cfg: TrainConfig) -> torch.Tensor:
-    """One optimisation step on one training batch; returns the batch's loss (a 0-d tensor)."""
-    x, y = batches.batch("train")
-    _, loss = model(x, y)
+               cfg: TrainConfig, precision: Precision) -> torch.Tensor:
+    """One optimisation step on grad_accum training batches of this process (DDP averages the
+    gradients over the processes); returns their mean loss (a 0-d tensor)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = torch.zeros((), device=batches.device)
+    for micro in range(cfg.grad_accum):
+        x, y = batches.batch("train")
+        with gradient_sync(model, micro == cfg.grad_accum - 1):
+            with precision.autocast():
+                _, loss = model(x, y)
+            precision.scaler.scale(loss / cfg.grad_accum).backward()
+        total += loss.detach()
+    precision.scaler.unscale_(optimizer)  # clip the true gradients, not the float16-scaled ones
     if cfg.grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    return loss.detach()
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    return total / cfg.grad_accum
 
 
 @torch.no_grad()
-def estimate_loss(model: nn.Module, batches: RandomBatches, eval_iters: int) -> dict[str, float]:
-    """Mean loss over eval_iters batches of each split, in eval mode (no dropout)."""
+def estimate_loss(model: nn.Module, batches: RandomBatches, eval_iters: int,
+                  precision: Optional[Precision] = None) -> dict[str, float]:
+    """Mean loss over eval_iters batches of each split, in eval mode (no dropout). The batches are
+    whole global batches, so a data-parallel run scores what one process would."""
+    precision = precision or Precision("float32", batches.device)
     model.eval()
     losses = {}
     for name in ("train", "val"):
         generator = batches.eval_generator()
         total = torch.zeros(())
         for _ in range(eval_iters):
-            _, loss = model(*batches.batch(name, generator))
+            with precision.autocast():
+                _, loss = model(*batches.batch(name, generator, whole=True))
             total += loss.float().cpu()
         losses[name] = total.item() / eval_iters
     model.train()
@@ -172,20 +219,27 @@ EvalCallback = Callable[[int, dict[str, float], float, float], None]
 
 
 def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomBatches,
-                  cfg: TrainConfig, start_iter: int, on_eval: EvalCallback) -> None:
+                  cfg: TrainConfig, start_iter: int, on_eval: EvalCallback,
+                  precision: Optional[Precision] = None, procs: Processes = SINGLE,
+                  before_eval: Callable[[], None] = lambda: None) -> None:
     """Steps start_iter .. max_iters - 1; after every eval_interval-th step and the last, evaluate
-    and call on_eval. The progress bar shows the loss, lr and tokens/s of the training steps."""
-    tokens_per_step = cfg.batch_size * cfg.block_size
+    and call on_eval. The progress bar shows the loss, lr and tokens/s of the training steps.
+    Data-parallel: every process calls before_eval, then rank 0 alone evaluates and reports
+    (tokens/s counts the global batch); `model` is the DDP-wrapped one."""
+    precision = precision or Precision("float32", batches.device)
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * procs.world_size
+    eval_model = model.module if isinstance(model, DistributedDataParallel) else model
     model.train()
     bar = tqdm(range(start_iter, cfg.max_iters), initial=start_iter, total=cfg.max_iters,
-               desc="train", unit="it", dynamic_ncols=True)
+               desc="train", unit="it", dynamic_ncols=True, disable=not procs.is_main)
     step_time, steps_timed, log_time, log_steps = 0.0, 0, 0.0, 0
     for it in bar:
         lr = learning_rate(it, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         started = time.perf_counter()
-        loss = train_step(model, optimizer, batches, cfg).item()  # waits for the GPU: the step's time
+        # .item() waits for the GPU: the time below is the step's
+        loss = train_step(model, optimizer, batches, cfg, precision).item()
         elapsed = time.perf_counter() - started
         step_time, steps_timed = step_time + elapsed, steps_timed + 1
         log_time, log_steps = log_time + elapsed, log_steps + 1
@@ -195,8 +249,10 @@ def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: R
             log_time, log_steps = 0.0, 0
         done = it + 1
         if done % cfg.eval_interval == 0 or done == cfg.max_iters:
-            losses = estimate_loss(model, batches, cfg.eval_iters)
-            on_eval(done, losses, lr, tokens_per_step * steps_timed / step_time)
+            before_eval()
+            if procs.is_main:
+                losses = estimate_loss(eval_model, batches, cfg.eval_iters, precision)
+                on_eval(done, losses, lr, tokens_per_step * steps_timed / step_time)
             step_time, steps_timed = 0.0, 0
     bar.close()
 
@@ -235,7 +291,7 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
 
 def sample_text(model: GPT, tokenizer: CharTokenizer, n_chars: int, device: torch.device) -> str:
     """n_chars characters generated after a newline (the lecture starts from token 0)."""
-    start = tokenizer.stoi.get("\n", 0)
+    start = 0 if tokenizer.unknown("\n") else tokenizer.encode("\n")[0]
     model.eval()
     idx = model.generate(torch.tensor([[start]], device=device), max_new_tokens=n_chars)
     return tokenizer.decode(idx[0, 1:].tolist())
@@ -246,10 +302,8 @@ def sample_text(model: GPT, tokenizer: CharTokenizer, n_chars: int, device: torc
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTConfig], nn.Module] = GPT):
-    """(model, optimizer, batches, tokenizer, data hash, start iteration, best val loss), fresh
-    or restored from a checkpoint. `make_model` lets a benchmark train another model the same way."""
-    device = pick_device(cfg.device)
+def text_splits(cfg: TrainConfig, ckpt: Optional[dict]):
+    """(splits, tokenizer, data hash, chars per token) of the text file, encoded in memory."""
     text = load_text(cfg)
     data_hash = text_sha256(text)
     if ckpt is None:
@@ -259,17 +313,47 @@ def prepare(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTCon
             raise UserError(f"the data differs from the data the checkpoint was trained on; resume "
                             f"with the same --data (it was {ckpt['train_config'].get('data')})")
         tokenizer = checkpoint.tokenizer_from_checkpoint(ckpt)
-    splits = split(encode_text(text, tokenizer), cfg.block_size)
-    batches = RandomBatches(splits, cfg.block_size, cfg.batch_size, cfg.seed, device)
+    ids = encode_text(text, tokenizer)
+    return split(ids, cfg.block_size), tokenizer, data_hash, len(text) / len(ids)
+
+
+def dataset_splits(cfg: TrainConfig, ckpt: Optional[dict]):
+    """(splits, tokenizer, data hash, chars per token) of a prepared dataset, memory-mapped."""
+    dataset = MemmapDataset(cfg.dataset)
+    dataset.check_block_size(cfg.block_size)
+    if ckpt is not None and ckpt["tokenizer"] != dataset.tokenizer.state_dict():
+        raise UserError(f"{cfg.dataset} was tokenized with another tokenizer than the checkpoint "
+                        f"({dataset.tokenizer.kind}, {dataset.tokenizer.vocab_size} tokens, against "
+                        f"{ckpt['tokenizer']['kind']}); resume with the dataset the run started with")
+    data_hash = dataset.meta["source"]["sha256"]
+    if ckpt is not None and ckpt.get("data_sha256") not in (None, data_hash):
+        raise UserError(f"{cfg.dataset} was prepared from another text than the checkpoint was "
+                        f"trained on; resume with the dataset the run started with")
+    return dataset.splits, dataset.tokenizer, data_hash, dataset.chars_per_token("val")
+
+
+def prepare(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTConfig], nn.Module] = GPT,
+            procs: Processes = SINGLE, device: Optional[torch.device] = None):
+    """(model, optimizer, batches, tokenizer, data hash, start iteration, best val loss, val chars
+    per token), fresh or restored from a checkpoint. `make_model` lets a benchmark train another
+    model the same way. Every process of a data-parallel run builds the same model."""
+    device = device or pick_device(cfg.device)
+    load_splits = dataset_splits if cfg.dataset else text_splits
+    splits, tokenizer, data_hash, chars_per_token = load_splits(cfg, ckpt)
+    batches = RandomBatches(splits, cfg.block_size, cfg.batch_size, cfg.seed, device, procs.rank,
+                            procs.world_size)
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model_config(tokenizer.vocab_size)).to(device)
+    if procs.distributed:
+        torch.manual_seed(cfg.seed + procs.rank)  # the same weights, different dropout masks
     optimizer = make_optimizer(model, cfg, device)
     if ckpt is None:
-        return model, optimizer, batches, tokenizer, data_hash, 0, math.inf
+        return model, optimizer, batches, tokenizer, data_hash, 0, math.inf, chars_per_token
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"], batches)
-    return model, optimizer, batches, tokenizer, data_hash, ckpt["iter"], ckpt["best_val_loss"]
+    set_rng_state(ckpt["rng"], batches, procs)
+    return (model, optimizer, batches, tokenizer, data_hash, ckpt["iter"], ckpt["best_val_loss"],
+            chars_per_token)
 
 
 def resolve_config(args) -> tuple[TrainConfig, Optional[dict]]:
@@ -287,35 +371,61 @@ def resolve_config(args) -> tuple[TrainConfig, Optional[dict]]:
     return cfg, ckpt
 
 
-def train(cfg: TrainConfig, ckpt: Optional[dict] = None) -> GPT:
-    """Train as `cfg` says (continuing `ckpt` if given); returns the trained model."""
+def wrap_for_training(model: nn.Module, cfg: TrainConfig, procs: Processes,
+                      device: torch.device) -> nn.Module:
+    """The module the steps call: compiled with --compile, then DDP-wrapped under torchrun. The
+    plain `model` (shared weights) is what checkpoints save and sampling uses."""
+    if cfg.compile:
+        model = torch.compile(model)
+    if procs.distributed:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SINGLE) -> GPT:
+    """Train as `cfg` says (continuing `ckpt` if given); returns the trained model. Every process of
+    a data-parallel run calls this; only rank 0 prints and writes out_dir."""
     out_dir = Path(cfg.out_dir)
-    model, optimizer, batches, tokenizer, data_hash, start_iter, best_val_loss = prepare(cfg, ckpt)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{n_params / 1e6:.3f}M parameters, vocab {tokenizer.vocab_size}, "
-          f"{'resuming at iteration ' + str(start_iter) if start_iter else 'training'} on "
-          f"{batches.device} -> {out_dir}")
+    device = start(procs, pick_device(cfg.device))
+    precision = Precision(cfg.dtype, device)
+    (model, optimizer, batches, tokenizer, data_hash, start_iter, best_val_loss,
+     chars_per_token) = prepare(cfg, ckpt, procs=procs, device=device)
+    if ckpt is not None and "scaler" in ckpt:
+        precision.scaler.load_state_dict(ckpt["scaler"])
+    if procs.is_main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{n_params / 1e6:.3f}M parameters, vocab {tokenizer.vocab_size}, "
+              f"{'resuming at iteration ' + str(start_iter) if start_iter else 'training'} on "
+              f"{procs.world_size} x {device} in {cfg.dtype} -> {out_dir}")
     best = best_val_loss
+    rank_states: list[dict] = []
+
+    def gather_rank_states() -> None:  # every process, at each evaluation
+        rank_states[:] = procs.all_gather(process_rng_state()) if procs.distributed else []
 
     def on_eval(iteration: int, losses: dict[str, float], lr: float, tokens_per_s: float) -> None:
         nonlocal best
         state = checkpoint.make(model, tokenizer, optimizer=optimizer.state_dict(), iter=iteration,
                                 best_val_loss=min(best, losses["val"]), train_config=asdict(cfg),
-                                rng=rng_state(batches), data_sha256=data_hash)
+                                rng=rng_state(batches, rank_states), data_sha256=data_hash,
+                                scaler=precision.scaler.state_dict())
         if losses["val"] < best:
             best = losses["val"]
             checkpoint.save(state, out_dir / checkpoint.BEST)
         checkpoint.save(state, out_dir / checkpoint.LAST)
+        val_bpc = bits_per_char(losses["val"], chars_per_token)
         append_metrics(out_dir / METRICS, {"iter": iteration, "train_loss": losses["train"],
-                                           "val_loss": losses["val"], "lr": lr,
+                                           "val_loss": losses["val"], "val_bpc": val_bpc, "lr": lr,
                                            "tokens_per_s": tokens_per_s, "time": time.time()})
         plot_losses(read_metrics(out_dir / METRICS), out_dir / PLOT)
-        tqdm.write(f"step {iteration}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                   f"{tokens_per_s:,.0f} tokens/s")
+        tqdm.write(f"step {iteration}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                   f"({val_bpc:.4f} bits/char), {tokens_per_s:,.0f} tokens/s")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    training_loop(model, optimizer, batches, cfg, start_iter, on_eval)
-    if cfg.sample_chars:
+    if procs.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    training_loop(wrap_for_training(model, cfg, procs, device), optimizer, batches, cfg, start_iter,
+                  on_eval, precision, procs, gather_rank_states)
+    if cfg.sample_chars and procs.is_main:
         print(sample_text(model, tokenizer, cfg.sample_chars, batches.device))
     return model
 
@@ -323,7 +433,11 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None) -> GPT:
 def main(argv: Optional[list[str]] = None) -> None:
     args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
     cfg, ckpt = resolve_config(args)
-    train(cfg, ckpt)
+    procs = launched_processes()
+    try:
+        train(cfg, ckpt, procs)
+    finally:
+        stop(procs)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""Mixed precision: `--dtype float32|bfloat16|float16` runs the forward passes under torch.autocast
+(matrix products in the low precision, softmax, LayerNorm and the loss in float32) while the weights
+and the optimizer stay float32. float16 needs a GradScaler so that small gradients do not flush to
+zero; bfloat16 has float32's range and needs none."""
+import warnings
+from contextlib import nullcontext
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """AVX512-BF16 or AMX: without them CPU bfloat16 is emulated, and slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+class Precision:
+    def __init__(self, name: str, device: torch.device):
+        self.name = name
+        self.dtype = DTYPES[name]
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        if self.dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bfloat16():
+            warnings.warn("this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 is "
+                          "emulated and slower than float32", RuntimeWarning, stacklevel=2)
+
+    def autocast(self):
+        """The context of a forward pass."""
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
