@@ -11,7 +11,6 @@ A dataset directory holds
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fastgpt.errors import UserError
+from fastgpt.files import atomic_write
 from fastgpt.tokenizer import tokenizer_from_state_dict
 
 FORMAT = "fastgpt-dataset"
@@ -37,17 +37,10 @@ def split_path(directory: str | os.PathLike, split: str) -> Path:
 
 
 def write_meta(directory: str | os.PathLike, meta: dict) -> None:
-    """meta.json, written atomically (temporary file + rename): it is what makes a directory a
-    dataset, so it appears last and whole."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{META}.", suffix=".tmp", dir=directory)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset is for every reader
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "version": VERSION, **meta}, f, indent=1)
-        os.replace(tmp, Path(directory) / META)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """meta.json, written atomically: it is what makes a directory a dataset, so it appears last
+    and whole."""
+    with atomic_write(Path(directory) / META) as f:
+        f.write(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=1).encode("utf-8"))
 
 
 def _check(ok: bool, what: str) -> None:

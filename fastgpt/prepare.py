@@ -3,7 +3,7 @@
     python -m fastgpt.prepare --data PATH --tokenizer char|bpe [--vocab-size N] --out DIR
 
 The text is streamed in pieces of CHUNK_CHARS characters (read in text mode, so a multi-byte
-character is never cut and newlines are read as `open()` reads them, like the in-memory path);
+character is never cut; newlines kept as they are, like the in-memory path's `read_text`);
 memory stays bounded by the piece size, the character vocabulary and BPE's word counts, never by
 the file. Passes over the file: sha256; the character count (and the character vocabulary); BPE
 training on the train split (bpe only); encoding both splits into train.bin / val.bin. The split
@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from fastgpt.data import TRAIN_FRACTION
 from fastgpt.dataset import META, SPLITS, ids_dtype, split_path, write_meta
 from fastgpt.errors import UserError, run_cli
 from fastgpt.tokenizer import BPETokenizer, CharTokenizer
@@ -23,7 +24,6 @@ from fastgpt.tokenizer import BPETokenizer, CharTokenizer
 # Small pieces keep memory flat: HF tokenizers' per-call buffers grow with the piece (a 1M-character
 # piece costs hundreds of MB in encode and train), and 64K characters is as fast.
 CHUNK_CHARS = 1 << 16
-TRAIN_FRACTION = 0.9
 DEFAULT_BPE_VOCAB = 512
 # A BPE piece with no word boundary grows to this many chunks before it is cut regardless.
 MAX_PIECE_CHUNKS = 64
@@ -32,7 +32,7 @@ MAX_PIECE_CHUNKS = 64
 def read_chunks(path: Path, chunk_chars: int) -> Iterator[str]:
     """The file's text in pieces of at most `chunk_chars` characters."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", newline="") as f:  # newlines untouched, as read_text
             while chunk := f.read(chunk_chars):
                 yield chunk
     except UnicodeDecodeError as e:
