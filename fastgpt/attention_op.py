@@ -108,9 +108,11 @@ def causal_attention_op(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
     return reference_forward(q, k, v, dropout_p, seed)
 
 
+# The fakes give contiguous outputs, as the kernels do: torch.empty_like would copy the strides of a
+# transposed q, and torch.compile would then drop the `.contiguous()` the model needs before `.view`.
 @causal_attention_op.register_fake
 def _(q, k, v, dropout_p, seed):
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=accumulate_dtype(q.dtype))
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=accumulate_dtype(q.dtype))
 
 
 def reference_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
@@ -138,7 +140,7 @@ def causal_attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tens
 
 @causal_attention_backward_op.register_fake
 def _(grad_out, q, k, v, out, lse, dropout_p, seed):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -246,3 +246,8 @@ def test_splits_are_zero_copy_views_of_the_files(dataset_dir):
     assert window[1].tolist() == train[5:8].tolist()
     with pytest.raises(UserError, match="fewer than block_size"):
         ds.check_block_size(len(ds.splits["val"]))
+
+
+def test_damaged_bpe_state_is_a_value_error():
+    with pytest.raises(ValueError, match="not a tokenizers JSON"):
+        tokenizer_from_state_dict({"kind": "bpe", "json": '{"model": 3'})

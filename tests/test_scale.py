@@ -259,15 +259,27 @@ def test_compiled_full_graph_gives_the_eager_loss_and_gradients(attention):
 
 
 def test_fused_op_path_compiles_without_graph_break():
-    """The registered op (the cpp and triton backends' path), with a dropout seed drawn in-graph."""
+    """The registered op (the cpp and triton backends' path) as the model calls it: q, k, v are
+    transposed views, the output is transposed back and viewed, the dropout seed drawn in-graph.
+    The op's fake must give the strides the kernels give, or the compiled view fails."""
     from fastgpt.attention import _fused_attend
-    q, k, v = (torch.randn(2, 2, 16, 8, requires_grad=True) for _ in range(3))
-    explanation = torch._dynamo.explain(lambda q, k, v: _fused_attend(q, k, v, 0.1, None))(q, k, v)
+    B, T, H, D = 2, 16, 2, 8
+
+    def attend(q, k, v, seed):
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D) views
+        return _fused_attend(q, k, v, 0.1, seed).transpose(1, 2).contiguous().view(B, T, H * D)
+
+    q, k, v = (torch.randn(B, T, H * D, requires_grad=True) for _ in range(3))
+    explanation = torch._dynamo.explain(attend)(q, k, v, None)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     seed = torch.tensor(7)
-    compiled = torch.compile(lambda q, k, v: _fused_attend(q, k, v, 0.1, seed), backend="aot_eager",
-                             fullgraph=True)
-    torch.testing.assert_close(compiled(q, k, v), _fused_attend(q, k, v, 0.1, seed))
+    compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
+    out = compiled(q, k, v, seed)
+    torch.testing.assert_close(out, attend(q, k, v, seed))
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected = torch.autograd.grad(attend(q, k, v, seed).square().sum(), (q, k, v))
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
 
 
 @pytest.mark.slow
