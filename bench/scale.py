@@ -56,7 +56,7 @@ def throughput(args) -> None:
                 out = Path(tmp) / f"{repeat}-{i}"
                 row = run_train(processes, threads, ["--data", args.data, *steps, *flags], out)
                 tokens_per_s[name].append(row["tokens_per_s"])
-                print(f"{name}: {row['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
+                print(f"{name}: {row['tokens_per_s']:,.0f} tokens/s", file=sys.stderr, flush=True)
     base = statistics.median(tokens_per_s["1 process x 1 thread, float32"])
     print(f"cpu preset, {args.steps} steps, median of {args.repeats}:")
     for name, values in tokens_per_s.items():
@@ -71,9 +71,11 @@ def bpc(args) -> None:
             dataset = Path(tmp) / kind
             meta = prepare(Path(args.data), kind, dataset, vocab_size=args.vocab_size)
             row = run_train(1, args.threads, ["--dataset", str(dataset), "--max-iters", str(args.max_iters),
-                                              "--eval-interval", str(args.max_iters)], Path(tmp) / f"run-{kind}")
-            print(f"{kind} (vocab {meta['vocab_size']}): cpu preset, {args.max_iters} iterations: "
-                  f"val loss {row['val_loss']:.4f} nats/token = {row['val_bpc']:.4f} bits/char")
+                                              "--eval-interval", str(args.max_iters),
+                                              "--eval-iters", str(args.eval_iters)], Path(tmp) / f"run-{kind}")
+            print(f"{kind} (vocab {meta['vocab_size']}): cpu preset, {args.max_iters} iterations, "
+                  f"{args.eval_iters} eval batches: val loss {row['val_loss']:.4f} nats/token = "
+                  f"{row['val_bpc']:.4f} bits/char", flush=True)
 
 
 def main() -> None:
@@ -86,6 +88,7 @@ def main() -> None:
     p = sub.add_parser("bpc")
     p.add_argument("--data", required=True)
     p.add_argument("--max-iters", type=int, default=500)
+    p.add_argument("--eval-iters", type=int, default=200)
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
