@@ -53,7 +53,10 @@ class BPETokenizer:
     def __init__(self, tokenizer_json: str):
         from tokenizers import Tokenizer
         self.tokenizer_json = tokenizer_json
-        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        try:
+            self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
+            raise ValueError(f"not a tokenizers JSON ({e})") from None
 
     @classmethod
     def train(cls, texts: Iterator[str], vocab_size: int) -> "BPETokenizer":
