@@ -174,9 +174,10 @@ def gradient_sync(model: nn.Module, sync: bool):
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomBatches,
-               cfg: TrainConfig, precision: Precision) -> torch.Tensor:
+               cfg: TrainConfig, precision: Optional[Precision] = None) -> torch.Tensor:
     """One optimisation step on grad_accum training batches of this process (DDP averages the
     gradients over the processes); returns their mean loss (a 0-d tensor)."""
+    precision = precision or Precision("float32", batches.device)
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=batches.device)
     for micro in range(cfg.grad_accum):
