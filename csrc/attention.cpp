@@ -2,7 +2,7 @@
 //
 // The kernels (attention_kernels.h) are compiled twice, for the baseline x86-64/ARM target and for
 // AVX2 + FMA, and the AVX2 copy runs where the CPU has it: a portable wheel that is still fast,
-// without -march=native. These functions check their inputs, make them contiguous in the compute
+// with no host-specific build flag. These functions check their inputs, make them contiguous in the compute
 // dtype (float32, float64 for float64; bfloat16 is computed in float32), and spread the
 // (batch·head, block) tasks over at::parallel_for. fastgpt/cpp_attention.py registers them as the
 // CPU kernels of the fastgpt::causal_attention ops.
