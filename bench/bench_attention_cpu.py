@@ -11,7 +11,6 @@ runs with inputs that require grad, as in training.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fastgpt.attention import causal_attention, resolve_backend
 
@@ -20,9 +19,7 @@ IMPLEMENTATIONS = ("cpp", "torch", "sdpa")
 
 
 def attend(implementation, q, k, v, p):
-    if implementation == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-    return causal_attention(q, k, v, p, backend=implementation)
+    return causal_attention(q, k, v, p, backend=implementation)  # sdpa is a backend too
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -33,8 +30,7 @@ def test_attention(benchmark, timed, shape_name, p, implementation):
     shape = SHAPES[shape_name]
     q, k, v = [torch.randn(shape, requires_grad=True) for _ in range(3)]
     grad_out = torch.randn(shape)
-    if implementation != "sdpa":
-        assert resolve_backend(implementation, q) == implementation, "the backend fell back"
+    assert resolve_backend(implementation, q) == implementation, "the backend fell back"
     benchmark.group = f"{timed} {shape_name} {shape} p={p}"
     benchmark.extra_info.update(threads=torch.get_num_threads(), shape=list(shape), p=p,
                                 timed=timed, implementation=implementation)

@@ -18,7 +18,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fastgpt.attention import causal_attention, resolve_backend
@@ -36,12 +35,10 @@ _ms_per_call: dict[tuple, float] = {}  # (timed, shape name, p, implementation) 
 
 
 def attend(implementation, q, k, v, p):
-    if implementation == "triton":
-        return causal_attention(q, k, v, p, backend="triton")
     if implementation == "sdpa-flash":
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            return causal_attention(q, k, v, p, backend="sdpa")
+    return causal_attention(q, k, v, p, backend=implementation)
 
 
 def timed_call(timed, implementation, q, k, v, grad_out, p):

@@ -74,10 +74,13 @@ def _torch_attend(q, k, v, dropout_p, seed):
     return reference_attention(q, k, v, dropout_p, keep)
 
 
+_UNUSED_SEED = torch.zeros((), dtype=torch.int64)  # p = 0 draws no mask: no tensor per call
+
+
 def _fused_attend(q, k, v, dropout_p, seed, op=causal_attention_op):
     """`op` is the registered op, or a backend's stand-in with its signature and outputs."""
     if seed is None:
-        seed = draw_seed() if dropout_p > 0 else torch.zeros((), dtype=torch.int64)
+        seed = draw_seed() if dropout_p > 0 else _UNUSED_SEED
     return op(q, k, v, dropout_p, seed)[0]
 
 
