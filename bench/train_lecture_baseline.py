@@ -1,6 +1,6 @@
 """Train the lecture's model (bench/lecture_gpt.py) exactly as `python -m fastgpt.train` trains
 fastgpt's: the same flags and presets, data split, batches, seed, AdamW, schedule, clipping and
-loop (`fastgpt.train.prepare` and `training_loop`), so that only the model differs. Prints each
+loop (`fastgpt.train.set_up` and `training_loop`), so that only the model differs. Prints each
 evaluation as a JSON line; the last one holds the final val loss and the training tokens/s.
 
     python -m bench.train_lecture_baseline --preset cpu --max-iters 2000   # from the repository root
@@ -9,10 +9,10 @@ evaluation as a JSON line; the last one holds the final val loss and the trainin
 import json
 
 from bench.lecture_gpt import GPTLanguageModel
+from fastgpt.cli import run_cli
 from fastgpt.config import build_parser, config_from_args, validate
-from fastgpt.errors import run_cli
 from fastgpt.model import GPTConfig
-from fastgpt.train import prepare, training_loop
+from fastgpt.train import set_up, training_loop
 
 
 def lecture_model(config: GPTConfig) -> GPTLanguageModel:
@@ -23,14 +23,14 @@ def lecture_model(config: GPTConfig) -> GPTLanguageModel:
 def main() -> None:
     cfg = config_from_args(build_parser(__doc__.splitlines()[0]).parse_args())
     validate(cfg)
-    model, optimizer, batches, *_ = prepare(cfg, None, make_model=lecture_model)
+    run = set_up(cfg, None, make_model=lecture_model)
 
     def report(iteration, losses, lr, tokens_per_s):
         print(json.dumps({"model": "lecture", "iter": iteration, "train_loss": losses["train"],
                           "val_loss": losses["val"], "lr": lr, "tokens_per_s": tokens_per_s}),
               flush=True)
 
-    training_loop(model, optimizer, batches, cfg, 0, report)
+    training_loop(run.model, run.optimizer, run.batches, cfg, 0, report)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from fastgpt.errors import UserError
+from fastgpt.cli import UserError
 from fastgpt.files import atomic_write
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizer import tokenizer_from_state_dict

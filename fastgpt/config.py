@@ -6,8 +6,9 @@ import argparse
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
-from fastgpt.errors import UserError
-from fastgpt.model import GPTConfig
+from fastgpt.cli import (ATTENTION_CHOICES, ATTENTION_HELP, DEVICE_HELP, UserError, check_positive,
+                         check_range, flag)
+from fastgpt.model import GPTConfig, InvalidConfig
 
 
 def _opt(default, help: str, **kw):
@@ -25,10 +26,8 @@ class TrainConfig:
     out_dir: str = _opt("out", "directory for checkpoints (last.pt, best.pt), metrics.jsonl and loss.png")
     resume: bool = _opt(False, "continue from out_dir/last.pt exactly where it stopped")
     seed: int = _opt(1337, "seed of every random number generator")
-    device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    attention: str = _opt("auto", "attention backend: auto (the fastest available), torch, cpp, "
-                                  "triton, or sdpa (PyTorch's kernel, a baseline)",
-                          choices=("auto", "torch", "cpp", "triton", "sdpa"))
+    device: str = _opt("auto", DEVICE_HELP)
+    attention: str = _opt("auto", ATTENTION_HELP, choices=ATTENTION_CHOICES)
     dtype: str = _opt("float32", "precision of the forward pass under autocast: float32, bfloat16, "
                                  "or float16 (with a GradScaler)",
                       choices=("float32", "bfloat16", "float16"))
@@ -120,32 +119,24 @@ def config_from_dict(saved: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in saved.items() if k in names})
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-POSITIVE = ("block_size", "n_layer", "n_head", "n_embd", "batch_size", "max_iters", "eval_interval",
-            "eval_iters", "log_interval", "grad_accum")
+POSITIVE = ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval", "grad_accum",
+            "learning_rate")
 NON_NEGATIVE = ("warmup_iters", "min_lr", "weight_decay", "grad_clip", "sample_chars")
+SEED_LIMIT = 2**63 - 2**16  # torch seeds are 64-bit; data-parallel ranks add their rank
 
 
 def validate(cfg: TrainConfig) -> None:
     """A UserError naming the first flag whose value cannot work."""
     for name in POSITIVE:
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"{flag(name)} must be positive, got {getattr(cfg, name)}")
+        check_positive(flag(name), getattr(cfg, name))
     for name in NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            raise UserError(f"{flag(name)} must not be negative, got {getattr(cfg, name)}")
-    if cfg.n_embd % cfg.n_head:
-        raise UserError(f"--n-embd {cfg.n_embd} is not divisible by --n-head {cfg.n_head}: "
-                        f"choose n_embd as a multiple of n_head")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
-    if not cfg.learning_rate > 0:
-        raise UserError(f"--learning-rate must be positive, got {cfg.learning_rate}")
+        check_range(flag(name), getattr(cfg, name), 0)
     for name in ("beta1", "beta2"):
-        if not 0.0 <= getattr(cfg, name) < 1.0:
-            raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
+        check_range(flag(name), getattr(cfg, name), 0.0, 1.0, below=True)
+    check_range("--seed", cfg.seed, 0, SEED_LIMIT, below=True)
+    try:
+        cfg.model_config(vocab_size=1)
+    except InvalidConfig as e:
+        raise UserError(f"{flag(e.field)} {e.requirement}") from None
     if cfg.data is not None and cfg.dataset is not None:
         raise UserError("--data and --dataset both name the training text; pass one of them")

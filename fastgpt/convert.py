@@ -18,7 +18,7 @@ from torch import Tensor
 
 from fastgpt import checkpoint
 from fastgpt.data import read_text
-from fastgpt.errors import UserError, run_cli
+from fastgpt.cli import UserError, run_cli
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizer import CharTokenizer
 

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastgpt.errors import UserError
+from fastgpt.cli import UserError
 from fastgpt.files import atomic_write
 
 CORPUS_NAME = "tinyshakespeare.txt"

@@ -1,12 +1,16 @@
-"""`python -m fastgpt.info`: which attention backends can run here, and why not.
+"""`python -m fastgpt.info`: versions, devices, which attention backends can run here and why not.
 
-Lists each backend for float32 inputs with the head sizes of the presets, on the CPU and, when
-present, on CUDA; then torch's version and thread count, and what `auto` picks."""
+Lists each backend for float32 inputs with the head size of the cpu preset, on the CPU and, when
+present, on CUDA; then what `auto` picks, and the instruction set the C++ kernels use."""
+import argparse
+import platform
+from typing import Optional
+
 import torch
 
-from fastgpt import cpp_attention
-from fastgpt.attention import backend_status, resolve_backend
-from fastgpt.errors import run_cli
+import fastgpt
+from fastgpt.attention import backend_status, cpu, resolve_backend, triton
+from fastgpt.cli import run_cli
 
 HEAD_SIZE = 8  # the cpu preset's (n_embd 32 / n_head 4)
 
@@ -15,10 +19,15 @@ def device_types() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def versions() -> str:
+    triton_version = "not installed" if triton.kernels is None else triton.kernels.triton.__version__
+    return (f"fastgpt {fastgpt.__version__}, torch {torch.__version__}, triton {triton_version}, "
+            f"Python {platform.python_version()}")
+
+
 def report() -> str:
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"]
-    if cpp_attention.instruction_set() is not None:
-        lines.append(f"C++ kernels: {cpp_attention.instruction_set()}")
+    lines = [versions(), f"CPU: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+                         f"C++ kernels: {cpu.instruction_set() or 'not built'}"]
     for device_type in device_types():
         name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"
         lines.append(f"\n{device_type} ({name}), float32, head size {HEAD_SIZE}:")
@@ -29,7 +38,8 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     print(report())
 
 

@@ -11,15 +11,22 @@ Sampling keeps a `KVCache`: the prompt goes through the model once (through the 
 point), then each new token is one position whose query attends to the cached keys and values
 (see `fastgpt.generate`).
 """
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastgpt.attention import causal_attention
+from fastgpt.attention import causal_attention, reference_attention
 from fastgpt.generate import generate_tokens
+
+
+class InvalidConfig(ValueError):
+    """A GPTConfig field whose value cannot work: `field` names it, `requirement` says what it needs."""
+
+    def __init__(self, field: str, requirement: str):
+        super().__init__(f"{field} {requirement}")
+        self.field, self.requirement = field, requirement
 
 
 @dataclass
@@ -30,16 +37,16 @@ class GPTConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.2
-    attention: str = "auto"  # auto | torch | cpp | triton | sdpa: how attention runs, not what
+    attention: str = "auto"  # a backend of fastgpt.attention: how attention runs, not what
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InvalidConfig(name, f"must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise InvalidConfig("n_embd", f"must be a multiple of n_head ({self.n_head}), got {self.n_embd}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise InvalidConfig("dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 class LayerCache:
@@ -75,14 +82,6 @@ class KVCache:
             layer.length = 0
 
 
-def attend_to_all(q, k, v):
-    """Attention of one new position q (B, H, 1, D) to every position so far, k and v (B, H, T, D):
-    the causal mask hides nothing from the last position, so this is plain softmax attention."""
-    assert q.size(2) == 1, "decoding adds one position at a time"
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, 1, T)
-    return att.softmax(dim=-1) @ v  # (B, H, 1, D)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -105,8 +104,8 @@ class CausalSelfAttention(nn.Module):
         if past == 0:
             y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                  backend=self.backend)
-        else:
-            y = attend_to_all(q, k, v)
+        else:  # decoding: the new positions attend to the cached ones too
+            y = reference_attention(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.proj(y))
 

@@ -17,7 +17,6 @@ def cpu_has_native_bfloat16() -> bool:
 
 class Precision:
     def __init__(self, name: str, device: torch.device):
-        self.name = name
         self.dtype = DTYPES[name]
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)

@@ -18,7 +18,7 @@ import numpy as np
 
 from fastgpt.data import TRAIN_FRACTION
 from fastgpt.dataset import META, SPLITS, ids_dtype, split_path, write_meta
-from fastgpt.errors import UserError, run_cli
+from fastgpt.cli import UserError, run_cli
 from fastgpt.tokenizer import BPETokenizer, CharTokenizer
 
 # Small pieces keep memory flat: HF tokenizers' per-call buffers grow with the piece (a 1M-character

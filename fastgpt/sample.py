@@ -16,7 +16,8 @@ import sys
 import torch
 
 from fastgpt.checkpoint import load
-from fastgpt.errors import UserError, run_cli
+from fastgpt.cli import (ATTENTION_CHOICES, DEVICE_HELP, UserError, check_positive, pick_device,
+                         run_cli)
 from fastgpt.generate import WINDOWS, check_options
 
 SEPARATOR = "---------------"
@@ -50,18 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "characters at every step (a full pass per character); slide = "
                              "restart from the last block_size/2 every block_size/2 characters, "
                              "an approximation that stays fast")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
-    parser.add_argument("--attention", choices=("auto", "torch", "cpp", "triton", "sdpa"), default=None,
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--attention", choices=ATTENTION_CHOICES, default=None,
                         help="attention backend for the prompt (default: the checkpoint's)")
     return parser
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
-    return device
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -76,11 +69,9 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if args.max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.num_samples <= 0:
-        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
-    device = resolve_device(args.device)
+    check_positive("--max-new-tokens", args.max_new_tokens)
+    check_positive("--num-samples", args.num_samples)
+    device = pick_device(args.device)
     model, tokenizer = load(args.checkpoint or args.out_dir, device, args.attention)
     try:
         check_options(model.config.vocab_size, args.max_new_tokens, args.temperature, args.top_k,

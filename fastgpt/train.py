@@ -12,9 +12,10 @@ data-parallel (fastgpt.distributed); `--dtype bfloat16|float16` runs under autoc
 """
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,12 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fastgpt import checkpoint
-from fastgpt.config import (TrainConfig, build_parser, config_from_args, config_from_dict, flag,
-                            validate)
+from fastgpt.attention import explain
+from fastgpt.cli import UserError, flag, pick_device, run_cli
+from fastgpt.config import TrainConfig, build_parser, config_from_args, config_from_dict, validate
 from fastgpt.data import RandomBatches, default_corpus, read_text, split, text_sha256
 from fastgpt.dataset import MemmapDataset, bits_per_char
 from fastgpt.distributed import SINGLE, Processes, launched_processes, start, stop
-from fastgpt.errors import UserError, run_cli
 from fastgpt.files import atomic_write
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.precision import Precision
@@ -42,19 +43,6 @@ MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
 # ---------------------------------------------------------------------------------------------
 # Set-up: device, out_dir, data, model, optimizer
 # ---------------------------------------------------------------------------------------------
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for CUDA, which this machine (or this torch build) "
-                        f"does not have; use --device cpu")
-    return device
 
 
 def check_fresh_out_dir(out_dir: Path) -> None:
@@ -215,26 +203,87 @@ def estimate_loss(model: nn.Module, batches: RandomBatches, eval_iters: int,
     return losses
 
 
-# on_eval(iteration, {"train": loss, "val": loss}, lr, training tokens/s since the last evaluation)
-EvalCallback = Callable[[int, dict[str, float], float, float], None]
+# on_eval(iteration, {"train": loss, "val": loss}, lr, training tokens/s since the last evaluation
+# (None at step 0)) -> text to add to the evaluation's line, or None
+EvalCallback = Callable[[int, dict[str, float], float, Optional[float]], Optional[str]]
+
+
+def duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class Progress:
+    """Where a run is. On a terminal a tqdm bar (loss, lr and tokens/s every log_interval steps);
+    elsewhere (a log file, CI, nohup) plain lines, one every log_interval steps and one per
+    evaluation, with no carriage-return redraws. Silent when not `enabled` (ranks other than 0)."""
+
+    def __init__(self, start_iter: int, total: int, enabled: bool):
+        self.enabled, self.start_iter, self.total = enabled, start_iter, total
+        self.started = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=start_iter, desc="train", unit="it",
+                            dynamic_ncols=True)
+
+    def _times(self, done: int) -> str:
+        elapsed = time.perf_counter() - self.started
+        rate = (done - self.start_iter) / elapsed if done > self.start_iter else 0.0
+        eta = duration((self.total - done) / rate) if rate else "?"
+        return f"elapsed {duration(elapsed)}, ETA {eta}"
+
+    def step(self, done: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+        elif self.enabled:
+            print(f"step {done}/{self.total}: loss {loss:.4f}, lr {lr:.2e}, {tokens_per_s:,.0f} "
+                  f"tokens/s, {self._times(done)}", flush=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def evaluation(self, done: int, losses: dict[str, float], lr: float,
+                   tokens_per_s: Optional[float], extra: Optional[str]) -> None:
+        speed = "" if tokens_per_s is None else f", {tokens_per_s:,.0f} tokens/s"
+        line = (f"eval {done}/{self.total}: train loss {losses['train']:.4f}, val loss "
+                f"{losses['val']:.4f}{'' if extra is None else ' (' + extra + ')'}, lr {lr:.2e}"
+                f"{speed}, {self._times(done)}")
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomBatches,
                   cfg: TrainConfig, start_iter: int, on_eval: EvalCallback,
                   precision: Optional[Precision] = None, procs: Processes = SINGLE,
                   before_eval: Callable[[], None] = lambda: None) -> None:
-    """Steps start_iter .. max_iters - 1; after every eval_interval-th step and the last, evaluate
-    and call on_eval. The progress bar shows the loss, lr and tokens/s of the training steps.
+    """Steps start_iter .. max_iters - 1. A new run evaluates first (the untrained loss), then
+    after every eval_interval-th step and the last; each evaluation calls on_eval and prints a line.
     Data-parallel: every process calls before_eval, then rank 0 alone evaluates and reports
     (tokens/s counts the global batch); `model` is the DDP-wrapped one."""
     precision = precision or Precision("float32", batches.device)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * procs.world_size
     eval_model = model.module if isinstance(model, DistributedDataParallel) else model
+    progress = Progress(start_iter, cfg.max_iters, procs.is_main)
+
+    def evaluate(done: int, lr: float, tokens_per_s: Optional[float]) -> None:
+        before_eval()
+        if procs.is_main:
+            losses = estimate_loss(eval_model, batches, cfg.eval_iters, precision)
+            progress.evaluation(done, losses, lr, tokens_per_s, on_eval(done, losses, lr, tokens_per_s))
+
+    if start_iter == 0:
+        evaluate(0, learning_rate(0, cfg), None)
     model.train()
-    bar = tqdm(range(start_iter, cfg.max_iters), initial=start_iter, total=cfg.max_iters,
-               desc="train", unit="it", dynamic_ncols=True, disable=not procs.is_main)
     step_time, steps_timed, log_time, log_steps = 0.0, 0, 0.0, 0
-    for it in bar:
+    for it in range(start_iter, cfg.max_iters):
         lr = learning_rate(it, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -244,18 +293,15 @@ def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: R
         elapsed = time.perf_counter() - started
         step_time, steps_timed = step_time + elapsed, steps_timed + 1
         log_time, log_steps = log_time + elapsed, log_steps + 1
-        if log_steps == cfg.log_interval:
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                            tok_s=f"{tokens_per_step * log_steps / log_time:,.0f}")
-            log_time, log_steps = 0.0, 0
         done = it + 1
+        progress.advance()
+        if log_steps == cfg.log_interval:
+            progress.step(done, loss, lr, tokens_per_step * log_steps / log_time)
+            log_time, log_steps = 0.0, 0
         if done % cfg.eval_interval == 0 or done == cfg.max_iters:
-            before_eval()
-            if procs.is_main:
-                losses = estimate_loss(eval_model, batches, cfg.eval_iters, precision)
-                on_eval(done, losses, lr, tokens_per_step * steps_timed / step_time)
+            evaluate(done, lr, tokens_per_step * steps_timed / step_time)
             step_time, steps_timed = 0.0, 0
-    bar.close()
+    progress.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,11 +379,23 @@ def dataset_splits(cfg: TrainConfig, ckpt: Optional[dict]):
     return dataset.splits, dataset.tokenizer, data_hash, dataset.chars_per_token("val")
 
 
-def prepare(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTConfig], nn.Module] = GPT,
-            procs: Processes = SINGLE, device: Optional[torch.device] = None):
-    """(model, optimizer, batches, tokenizer, data hash, start iteration, best val loss, val chars
-    per token), fresh or restored from a checkpoint. `make_model` lets a benchmark train another
-    model the same way. Every process of a data-parallel run builds the same model."""
+@dataclass
+class Run:
+    """What a training run works with, fresh or restored from a checkpoint."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: RandomBatches
+    tokenizer: CharTokenizer
+    data_sha256: str
+    start_iter: int = 0
+    best_val_loss: float = math.inf
+    chars_per_token: float = 1.0  # of the val split, for bits per character
+
+
+def set_up(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTConfig], nn.Module] = GPT,
+           procs: Processes = SINGLE, device: Optional[torch.device] = None) -> Run:
+    """The run `cfg` describes, continuing `ckpt` if given. `make_model` lets a benchmark train
+    another model the same way. Every process of a data-parallel run builds the same model."""
     device = device or pick_device(cfg.device)
     load_splits = dataset_splits if cfg.dataset else text_splits
     splits, tokenizer, data_hash, chars_per_token = load_splits(cfg, ckpt)
@@ -347,14 +405,36 @@ def prepare(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTCon
     model = make_model(cfg.model_config(tokenizer.vocab_size)).to(device)
     if procs.distributed:
         torch.manual_seed(cfg.seed + procs.rank)  # the same weights, different dropout masks
-    optimizer = make_optimizer(model, cfg, device)
-    if ckpt is None:
-        return model, optimizer, batches, tokenizer, data_hash, 0, math.inf, chars_per_token
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"], batches, procs)
-    return (model, optimizer, batches, tokenizer, data_hash, ckpt["iter"], ckpt["best_val_loss"],
-            chars_per_token)
+    run = Run(model, make_optimizer(model, cfg, device), batches, tokenizer, data_hash,
+              chars_per_token=chars_per_token)
+    if ckpt is not None:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"], batches, procs)
+        run.start_iter, run.best_val_loss = ckpt["iter"], ckpt["best_val_loss"]
+    return run
+
+
+def header(cfg: TrainConfig, run: Run, device: torch.device, precision: Precision,
+           procs: Processes) -> str:
+    """What this run is: printed once at its start."""
+    n_params = sum(p.numel() for p in run.model.parameters())
+    tokens = {name: split.numel() for name, split in run.batches.splits.items()}
+    processes = f" x {procs.world_size} processes" if procs.distributed else ""
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    attention = explain(cfg.attention, device.type, precision.dtype, cfg.n_embd // cfg.n_head)
+    return "\n".join([
+        f"fastgpt train -> {cfg.out_dir} "
+        f"({'resuming at iteration ' + str(run.start_iter) if run.start_iter else 'new run'})",
+        f"  model      {n_params / 1e6:.3f}M parameters: {cfg.n_layer} layers, {cfg.n_head} heads, "
+        f"n_embd {cfg.n_embd}, block {cfg.block_size}, vocab {run.tokenizer.vocab_size}",
+        f"  data       {cfg.dataset or cfg.data or 'tiny Shakespeare'}: {tokens['train']:,} train and "
+        f"{tokens['val']:,} val tokens",
+        f"  step       {cfg.batch_size} x {cfg.block_size} x {cfg.grad_accum}{processes} = "
+        f"{cfg.batch_size * cfg.block_size * cfg.grad_accum * procs.world_size:,} tokens",
+        f"  device     {device}{threads}, {cfg.dtype}",
+        f"  attention  {attention}",
+    ])
 
 
 def resolve_config(args) -> tuple[TrainConfig, Optional[dict]]:
@@ -389,43 +469,40 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SING
     out_dir = Path(cfg.out_dir)
     device = start(procs, pick_device(cfg.device))
     precision = Precision(cfg.dtype, device)
-    (model, optimizer, batches, tokenizer, data_hash, start_iter, best_val_loss,
-     chars_per_token) = prepare(cfg, ckpt, procs=procs, device=device)
+    run = set_up(cfg, ckpt, procs=procs, device=device)
+    model, optimizer, batches, tokenizer = run.model, run.optimizer, run.batches, run.tokenizer
     if ckpt is not None and "scaler" in ckpt:
         precision.scaler.load_state_dict(ckpt["scaler"])
     if procs.is_main:
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"{n_params / 1e6:.3f}M parameters, vocab {tokenizer.vocab_size}, "
-              f"{'resuming at iteration ' + str(start_iter) if start_iter else 'training'} on "
-              f"{procs.world_size} x {device} in {cfg.dtype} -> {out_dir}")
-    best = best_val_loss
+        print(header(cfg, run, device, precision, procs), flush=True)
+    best = run.best_val_loss
     rank_states: list[dict] = []
 
     def gather_rank_states() -> None:  # every process, at each evaluation
         rank_states[:] = procs.all_gather(process_rng_state()) if procs.distributed else []
 
-    def on_eval(iteration: int, losses: dict[str, float], lr: float, tokens_per_s: float) -> None:
+    def on_eval(iteration: int, losses: dict[str, float], lr: float,
+                tokens_per_s: Optional[float]) -> str:
         nonlocal best
         state = checkpoint.make(model, tokenizer, optimizer=optimizer.state_dict(), iter=iteration,
                                 best_val_loss=min(best, losses["val"]), train_config=asdict(cfg),
-                                rng=rng_state(batches, rank_states), data_sha256=data_hash,
+                                rng=rng_state(batches, rank_states), data_sha256=run.data_sha256,
                                 scaler=precision.scaler.state_dict())
         if losses["val"] < best:
             best = losses["val"]
             checkpoint.save(state, out_dir / checkpoint.BEST)
         checkpoint.save(state, out_dir / checkpoint.LAST)
-        val_bpc = bits_per_char(losses["val"], chars_per_token)
+        val_bpc = bits_per_char(losses["val"], run.chars_per_token)
         append_metrics(out_dir / METRICS, {"iter": iteration, "train_loss": losses["train"],
                                            "val_loss": losses["val"], "val_bpc": val_bpc, "lr": lr,
                                            "tokens_per_s": tokens_per_s, "time": time.time()})
         plot_losses(read_metrics(out_dir / METRICS), out_dir / PLOT)
-        tqdm.write(f"step {iteration}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                   f"({val_bpc:.4f} bits/char), {tokens_per_s:,.0f} tokens/s")
+        return f"{val_bpc:.4f} bits/char"
 
     if procs.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    training_loop(wrap_for_training(model, cfg, procs, device), optimizer, batches, cfg, start_iter,
-                  on_eval, precision, procs, gather_rank_states)
+    training_loop(wrap_for_training(model, cfg, procs, device), optimizer, batches, cfg,
+                  run.start_iter, on_eval, precision, procs, gather_rank_states)
     if cfg.sample_chars and procs.is_main:
         print(sample_text(model, tokenizer, cfg.sample_chars, batches.device))
     return model

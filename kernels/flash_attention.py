@@ -1,6 +1,6 @@
 """Fused causal attention in Triton: FlashAttention-2 forward and backward with in-kernel dropout.
 
-Installed as `fastgpt.kernels.flash_attention`; `fastgpt.triton_attention` registers the launchers
+Installed as `fastgpt.kernels.flash_attention`; `fastgpt.attention.triton` registers the launchers
 below as the CUDA kernels of the op `fastgpt::causal_attention` (and of its backward op).
 
 What it computes: out = dropout(softmax(q kᵀ / sqrt(D) + causal mask)) v for q, k, v (B, H, T, D),
@@ -17,7 +17,7 @@ Supports
 - dropout on the attention weights from Philox in the kernel: element (b, h, i, j) is kept iff
   tl.randint(seed, ((b·H + h)·T + i)·T + j) >= floor(p·2**32) (unsigned), and kept weights are
   scaled by 1/(1 - p); the backward regenerates the same mask, nothing is stored. This is the mask
-  of `fastgpt.attention_op.torch_keep_mask`, so CPU and GPU runs match element by element.
+  of `fastgpt.attention.reference.keep_mask`, so CPU and GPU runs match element by element.
 
 How: the forward walks key tiles left of the diagonal without any mask, then the diagonal tiles
 with the causal mask (tiles right of the diagonal are never visited). The backward runs a
@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgpt.attention_op import dropout_threshold
+from fastgpt.attention.reference import dropout_threshold
 
 # Whether Triton was told to interpret (TRITON_INTERPRET=1) when these kernels were decorated:
 # then they run on CPU tensors in Triton's interpreter; otherwise they need a CUDA device.
@@ -221,6 +221,18 @@ def _delta_kernel(O, DO, DELTA,
 
 
 @triton.jit
+def _backward_head(Q, K, V, DO, LSE, DELTA, stride_qb, stride_qh, stride_kb, stride_kh,
+                   stride_vb, stride_vh, stride_dob, stride_doh, H, T):
+    """The (batch, head) of this backward program (grid axis 1): b·H + h, b, h, and where that
+    head starts in q, k, v, dO, the logsumexp and delta."""
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    return (bh, b, h, Q + b * stride_qb + h * stride_qh, K + b * stride_kb + h * stride_kh,
+            V + b * stride_vb + h * stride_vh, DO + b * stride_dob + h * stride_doh,
+            LSE + bh * T, DELTA + bh * T)
+
+
+@triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
                 stride_dot, stride_dod, offs_n, offs_d, bh, lo, hi, T, qk_scale, seed, threshold,
                 keep_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -263,16 +275,13 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
+    bh, b, h, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr = _backward_head(
+        Q, K, V, DO, LSE, DELTA, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+        stride_dob, stride_doh, H, T)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, offs_d, stride_kt, stride_kd, T,
-                   HEAD_DIM, True)
-    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, offs_d, stride_vt, stride_vd, T,
-                   HEAD_DIM, True)
-    q_ptr, do_ptr = Q + b * stride_qb + h * stride_qh, DO + b * stride_dob + h * stride_doh
-    lse_ptr, delta_ptr = LSE + bh * T, DELTA + bh * T
+    k = _load_rows(k_ptr, offs_n, offs_d, stride_kt, stride_kd, T, HEAD_DIM, True)
+    v = _load_rows(v_ptr, offs_n, offs_d, stride_vt, stride_vd, T, HEAD_DIM, True)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
@@ -331,18 +340,16 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
                DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
+    bh, b, h, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr = _backward_head(
+        Q, K, V, DO, LSE, DELTA, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+        stride_dob, stride_doh, H, T)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_offsets = (bh * T + offs_m) * T
-    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, stride_qd, T,
-                   HEAD_DIM, True)
-    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, stride_dod,
-                    T, HEAD_DIM, True)
-    lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=0.0) * LOG2E
-    delta = tl.load(DELTA + bh * T + offs_m, mask=offs_m < T, other=0.0)
-    k_ptr, v_ptr = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
+    q = _load_rows(q_ptr, offs_m, offs_d, stride_qt, stride_qd, T, HEAD_DIM, True)
+    do = _load_rows(do_ptr, offs_m, offs_d, stride_dot, stride_dod, T, HEAD_DIM, True)
+    lse = tl.load(lse_ptr + offs_m, mask=offs_m < T, other=0.0) * LOG2E
+    delta = tl.load(delta_ptr + offs_m, mask=offs_m < T, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastgpt import checkpoint
-from fastgpt.errors import UserError
+from fastgpt.cli import UserError
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizer import CharTokenizer
 

@@ -6,7 +6,7 @@ from bench.lecture_gpt import GPTLanguageModel
 from clitools import assert_user_error, run_module, snapshot
 from fastgpt import checkpoint
 from fastgpt.convert import convert, gpt_from_lecture, gpt_state_dict, lecture_config
-from fastgpt.errors import UserError
+from fastgpt.cli import UserError
 
 # 65 distinct characters, like tiny Shakespeare's vocabulary.
 VOCAB_TEXT = "".join(chr(c) for c in range(32, 97)) * 3

@@ -9,7 +9,7 @@ import torch
 
 from clitools import assert_user_error, run_module
 from fastgpt import data
-from fastgpt.errors import UserError
+from fastgpt.cli import UserError
 
 
 class _Serve(http.server.BaseHTTPRequestHandler):

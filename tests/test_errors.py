@@ -31,7 +31,7 @@ NEW_RUN_CASES = {
     "data is a directory": (lambda d: ["--data", d], ["is not a file"]),
     "text too short": (lambda d: ["--data", write(d / "s.txt", b"abcdefgh" * 20)],
                        ["160 tokens, too short for block_size 16", "--block-size"]),
-    "n_embd not divisible": (lambda d: ["--n-embd", "15"], ["--n-embd 15 is not divisible by --n-head 2"]),
+    "n_embd not divisible": (lambda d: ["--n-embd", "15"], ["--n-embd must be a multiple of n_head (2), got 15"]),
     "zero layers": (lambda d: ["--n-layer", "0"], ["--n-layer must be positive, got 0"]),
     "negative block": (lambda d: ["--block-size", "-4"], ["--block-size must be positive, got -4"]),
     "zero batch": (lambda d: ["--batch-size", "0"], ["--batch-size must be positive"]),

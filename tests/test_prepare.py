@@ -12,7 +12,7 @@ import torch
 from fastgpt import prepare as prep
 from fastgpt.data import read_text, split
 from fastgpt.dataset import MemmapDataset, ids_dtype, read_meta
-from fastgpt.errors import UserError
+from fastgpt.cli import UserError
 from fastgpt.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_state_dict
 
 

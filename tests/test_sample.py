@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastgpt import checkpoint
-from fastgpt.errors import run_cli
+from fastgpt.cli import run_cli
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.sample import SEPARATOR, main, write_samples
 from fastgpt.tokenizer import CharTokenizer
@@ -115,9 +115,9 @@ def refused(capsys, *argv) -> str:
 
 @pytest.mark.parametrize("flags,message", [
     (["--prompt", "ROMEO: zebra&Quux"], "not in the vocabulary: 'z&Qx'"),
-    (["--max-new-tokens", 0], "--max-new-tokens must be at least 1"),
-    (["--max-new-tokens", -5], "--max-new-tokens must be at least 1"),
-    (["--num-samples", 0], "--num-samples must be at least 1"),
+    (["--max-new-tokens", 0], "--max-new-tokens must be positive"),
+    (["--max-new-tokens", -5], "--max-new-tokens must be positive"),
+    (["--num-samples", 0], "--num-samples must be positive"),
     (["--temperature", 0], "--temperature must be > 0"),
     (["--temperature", -0.5], "--temperature must be > 0"),
     (["--top-k", 0], "--top-k must be between 1 and the vocabulary size"),
@@ -145,7 +145,7 @@ def test_foreign_checkpoint_is_refused(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda_is_refused(out_dir, capsys):
-    assert "CUDA is not available" in refused(capsys, "--out-dir", out_dir, "--device", "cuda")
+    assert "asks for CUDA, which this machine" in refused(capsys, "--out-dir", out_dir, "--device", "cuda")
 
 
 class ByteTokenizer:

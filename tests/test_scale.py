@@ -13,7 +13,7 @@ import torch
 from fastgpt import checkpoint
 from fastgpt.attention import BACKENDS, backend_status
 from fastgpt.dataset import bits_per_char
-from fastgpt.errors import UserError
+from fastgpt.cli import UserError
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.prepare import prepare
 from fastgpt.tokenizer import BPETokenizer
@@ -214,13 +214,16 @@ def test_backends_run_under_cpu_autocast(attention, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_training_in_low_precision(tmp_path, text_path, dtype):
-    out = tmp_path / dtype
-    train_main(["--data", str(text_path), *TINY, "--batch-size", "4", "--max-iters", "4",
-                "--eval-interval", "2", "--dtype", dtype, "--out-dir", str(out)])
-    rows = metrics(out)
-    assert all(math.isfinite(r["val_loss"]) for r in rows) and rows[-1]["val_loss"] < rows[0]["val_loss"] + 0.1
-    scaler = checkpoint.load_checkpoint(out / "last.pt")["scaler"]
+def test_training_in_low_precision_learns_as_float32_does(tmp_path, text_path, dtype):
+    run = ["--data", str(text_path), *TINY, "--batch-size", "8", "--max-iters", "20",
+           "--eval-interval", "10", "--eval-iters", "4"]
+    train_main([*run, "--out-dir", str(tmp_path / "float32")])
+    train_main([*run, "--dtype", dtype, "--out-dir", str(tmp_path / dtype)])
+    rows, rows32 = metrics(tmp_path / dtype), metrics(tmp_path / "float32")
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.2, rows  # it learns
+    for row, row32 in zip(rows, rows32):  # as float32 does, up to rounding
+        assert row["val_loss"] == pytest.approx(row32["val_loss"], abs=0.1), (row, row32)
+    scaler = checkpoint.load_checkpoint(tmp_path / dtype / "last.pt")["scaler"]
     assert bool(scaler) == (dtype == "float16")  # float16 needs a GradScaler, saved for --resume
 
 
@@ -256,30 +259,6 @@ def test_compiled_full_graph_gives_the_eager_loss_and_gradients(attention):
     torch.testing.assert_close(loss, eager)
     for g, ge in zip(grads, eager_grads):
         torch.testing.assert_close(g, ge)
-
-
-def test_fused_op_path_compiles_without_graph_break():
-    """The registered op (the cpp and triton backends' path) as the model calls it: q, k, v are
-    transposed views, the output is transposed back and viewed, the dropout seed drawn in-graph.
-    The op's fake must give the strides the kernels give, or the compiled view fails."""
-    from fastgpt.attention import _fused_attend
-    B, T, H, D = 2, 16, 2, 8
-
-    def attend(q, k, v, seed):
-        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D) views
-        return _fused_attend(q, k, v, 0.1, seed).transpose(1, 2).contiguous().view(B, T, H * D)
-
-    q, k, v = (torch.randn(B, T, H * D, requires_grad=True) for _ in range(3))
-    explanation = torch._dynamo.explain(attend)(q, k, v, None)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    seed = torch.tensor(7)
-    compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
-    out = compiled(q, k, v, seed)
-    torch.testing.assert_close(out, attend(q, k, v, seed))
-    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
-    expected = torch.autograd.grad(attend(q, k, v, seed).square().sum(), (q, k, v))
-    for g, e in zip(grads, expected):
-        torch.testing.assert_close(g, e)
 
 
 @pytest.mark.slow

@@ -73,14 +73,16 @@ def test_cli_run_leaves_checkpoints_metrics_plot_and_prints_a_sample(tmp_path, t
     result = run_module("fastgpt.train", *TINY_RUN, "--data", text_file, "--out-dir", out_dir,
                         "--max-iters", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "step 4: train loss" in result.stdout
+    assert "eval 4/4: train loss" in result.stdout and "attention  " in result.stdout
+    assert "\r" not in result.stdout + result.stderr  # a log, not a redrawn progress bar
     sample = result.stdout.strip().splitlines()[-1]
     assert sample and set(sample) <= set(SMALL_TEXT)
     assert sorted(p.name for p in out_dir.iterdir()) == ["best.pt", "last.pt", "loss.png", "metrics.jsonl"]
     assert (out_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [row["iter"] for row in rows] == [2, 4]
-    assert all(math.isfinite(row["val_loss"]) and row["tokens_per_s"] > 0 for row in rows)
+    assert [row["iter"] for row in rows] == [0, 2, 4]  # step 0: the untrained loss
+    assert rows[0]["tokens_per_s"] is None
+    assert all(math.isfinite(row["val_loss"]) and row["tokens_per_s"] > 0 for row in rows[1:])
 
     last = checkpoint.load_checkpoint(out_dir / "last.pt")
     assert last["iter"] == 4 and last["train_config"]["max_iters"] == 4
@@ -88,6 +90,7 @@ def test_cli_run_leaves_checkpoints_metrics_plot_and_prints_a_sample(tmp_path, t
     best = checkpoint.load_checkpoint(out_dir)
     assert best["best_val_loss"] == min(row["val_loss"] for row in rows)
     model, tokenizer = checkpoint.load(out_dir)
+    assert rows[0]["val_loss"] == pytest.approx(math.log(tokenizer.vocab_size), abs=0.05)
     assert tokenizer.decode(tokenizer.encode("To be")) == "To be"
     assert not model.training and model.config.n_embd == 16
 

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for an H100 (sm_90) with Triton's own compiler and ptxas, no GPU
 needed: catches what the interpreter lets through (types, constexprs, dot shapes, layouts).
-Run as a script with TRITON_INTERPRET unset (tests/test_triton_attention.py does); exits non-zero
+Run as a script with TRITON_INTERPRET unset (tests/test_attention.py does); exits non-zero
 when a kernel does not compile."""
 import os
 

@@ -1,0 +1,157 @@
+"""Causal self-attention: the one dispatch point for every backend.
+
+`causal_attention(q, k, v, dropout_p, backend)` takes q, k, v shaped (B, H, T, D), applies the
+causal mask and the 1/sqrt(D) scale of the lecture, drops attention weights with probability
+`dropout_p`, and returns (B, H, T, D). Backends:
+
+- ``torch``: the lecture's maths in plain PyTorch (`reference.py`). The reference, and what runs
+  whenever a fused path cannot.
+- ``cpp``: the fused CPU kernels of the C++ extension (csrc/, registered in `cpu.py`).
+- ``triton``: the fused Triton kernels on CUDA (kernels/, registered in `triton.py`).
+- ``sdpa``: `torch.nn.functional.scaled_dot_product_attention`, PyTorch's own kernel; a baseline
+  for benchmarks (it draws its own dropout mask, so it takes no `seed`).
+
+The fused backends are one registered op, ``fastgpt::causal_attention`` (`op.py`), with a kernel
+per device. Their dropout is a pure function of a seed and the element's position (see
+`dropout_keep_mask`), so CPU and GPU runs share the same mask.
+
+To add a backend: write its kernels, register them for their device with `op.register_kernels` in
+a module of their own here, and add a `Backend` to `_BACKENDS` below with the function that says
+when it cannot run.
+"""
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastgpt.attention import cpu, op, reference, triton
+from fastgpt.attention.reference import reference_attention
+
+__all__ = ["BACKENDS", "causal_attention", "dropout_keep_mask", "backend_status", "explain", "resolve",
+           "resolve_backend", "reference_attention"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    # Why this backend cannot run on (device type, dtype, head size), or None when it can.
+    unsupported: Callable[[str, torch.dtype, int], Optional[str]]
+    # (q, k, v, dropout_p, seed or None) -> out
+    attend: Callable[[Tensor, Tensor, Tensor, float, Optional[Tensor]], Tensor]
+    # (seed, B, H, T, p) -> the bool keep-mask its kernels draw; None: it draws no such mask
+    keep_mask: Optional[Callable[[int, int, int, int, float], Tensor]] = None
+
+
+def _always(device_type: str, dtype: torch.dtype, head_size: int) -> None:
+    return None
+
+
+def _torch_attend(q, k, v, dropout_p, seed):
+    keep = None
+    if seed is not None and dropout_p > 0:
+        B, H, T, _ = q.shape
+        keep = reference.keep_mask(int(seed), B, H, T, dropout_p, q.device)
+    return reference_attention(q, k, v, dropout_p, keep)
+
+
+_UNUSED_SEED = torch.zeros((), dtype=torch.int64)  # p = 0 draws no mask: no tensor per call
+
+
+def _fused_attend(q, k, v, dropout_p, seed):
+    if seed is None:
+        seed = op.draw_seed() if dropout_p > 0 else _UNUSED_SEED
+    return op.causal_attention(q, k, v, dropout_p, seed)[0]
+
+
+def _sdpa_attend(q, k, v, dropout_p, seed):
+    if seed is not None and dropout_p > 0:
+        raise ValueError("the sdpa backend draws its own dropout mask and takes no seed")
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+
+_BACKENDS: dict[str, Backend] = {
+    "torch": Backend(_always, _torch_attend, reference.keep_mask),
+    "cpp": Backend(cpu.unsupported, _fused_attend, cpu.keep_mask),
+    "triton": Backend(triton.unsupported, _fused_attend, triton.keep_mask),
+    "sdpa": Backend(_always, _sdpa_attend),
+}
+BACKENDS = tuple(_BACKENDS)
+
+# What `auto` tries, fastest first, by device type; `torch` ends every list.
+_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("triton",)}
+
+_resolved: dict[tuple[str, str, torch.dtype, int], str] = {}
+
+
+def resolve_backend(backend: str, q: Tensor) -> str:
+    """The backend that runs for inputs like `q` (see `resolve`)."""
+    return resolve(backend, q.device.type, q.dtype, q.shape[-1])
+
+
+def resolve(backend: str, device_type: str, dtype: torch.dtype, head_size: int) -> str:
+    """The backend that runs for such inputs: `auto` takes the fastest that supports them; an
+    explicit backend that cannot run falls back to `torch` with a one-time warning saying why."""
+    key = (backend, device_type, dtype, head_size)
+    if key not in _resolved:
+        _resolved[key] = _resolve(*key)
+    return _resolved[key]
+
+
+def explain(backend: str, device_type: str, dtype: torch.dtype, head_size: int) -> str:
+    """The backend that runs for such inputs, and why no faster one does, in a few words."""
+    chosen = resolve(backend, device_type, dtype, head_size)
+    passed_over = []
+    for name in _AUTO_ORDER.get(device_type, ()):
+        reason = _BACKENDS[name].unsupported(device_type, dtype, head_size)
+        if name != chosen and reason is not None:
+            passed_over.append(f"not {name}: {reason}")
+    if chosen == "cpp":
+        passed_over.insert(0, f"C++ kernels for {cpu.instruction_set()}")
+    return chosen + (f" ({'; '.join(passed_over)})" if passed_over else "")
+
+
+def _resolve(backend: str, device_type: str, dtype: torch.dtype, head_size: int) -> str:
+    if backend == "auto":
+        for name in _AUTO_ORDER.get(device_type, ()):
+            if _BACKENDS[name].unsupported(device_type, dtype, head_size) is None:
+                return name
+        return "torch"
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+    reason = _BACKENDS[backend].unsupported(device_type, dtype, head_size)
+    if reason is not None:
+        warnings.warn(f"attention backend {backend!r} cannot run here ({reason}); "
+                      f"using the PyTorch reference instead", RuntimeWarning, stacklevel=5)
+        return "torch"
+    return backend
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
+                     backend: str = "auto", seed: Optional[Tensor | int] = None) -> Tensor:
+    """Causal attention of q, k, v (B, H, T, D) with dropout `dropout_p` on the weights.
+    `seed` fixes the dropout mask (see `dropout_keep_mask`); by default each call draws one from
+    torch's generator (the `torch` backend then uses `F.dropout`, as the lecture does)."""
+    if isinstance(seed, int):
+        seed = torch.tensor(seed, dtype=torch.int64)
+    return _BACKENDS[resolve_backend(backend, q)].attend(q, k, v, dropout_p, seed)
+
+
+def backend_status(device_type: str, dtype: torch.dtype = torch.float32,
+                   head_size: int = 64) -> dict[str, Optional[str]]:
+    """Each backend and why it cannot run for these inputs (None when it can)."""
+    return {name: b.unsupported(device_type, dtype, head_size) for name, b in _BACKENDS.items()}
+
+
+def dropout_keep_mask(seed: int, B: int, H: int, T: int, p: float, backend: str = "torch") -> Tensor:
+    """The bool (B, H, T, T) keep-mask that `backend`'s kernels use for this seed and shape.
+    Entry (b, h, i, j) is kept iff philox_uint32(seed, ((b·H + h)·T + i)·T + j) >= p·2**32;
+    kept weights are scaled by 1/(1 - p). Every backend that draws one gives the same mask."""
+    if backend not in _BACKENDS or backend == "sdpa":
+        raise ValueError(f"no dropout mask for backend {backend!r}: choose torch, cpp or triton")
+    make = _BACKENDS[backend].keep_mask
+    if make is None:
+        raise RuntimeError(f"the {backend} backend is off: "
+                           f"{_BACKENDS[backend].unsupported('cpu', torch.float32, 8)}")
+    return make(seed, B, H, T, p)
