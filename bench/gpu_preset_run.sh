@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole `--preset gpu` run (5000 iterations) with --attention triton and with --attention torch
 # on one CUDA GPU: wall time and best val loss of each, appended as table rows to
-# bench/results/gpu_preset.md. Usage: bash bench/gpu_preset_run.sh (FASTGPT_DATA_DIR as for training).
+# bench/results/gpu_preset.md. Usage: bash bench/gpu_preset_run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'this run needs a CUDA GPU')"

@@ -19,7 +19,7 @@ def _opt(default, help: str, **kw):
 class TrainConfig:
     # data and output
     data: Optional[str] = _opt(None, "UTF-8 text file to train on (default: tiny Shakespeare, "
-                                     "downloaded once into $FASTGPT_DATA_DIR or the user cache)")
+                                     "which comes with the package)")
     dataset: Optional[str] = _opt(None, "a directory written by `python -m fastgpt.prepare` "
                                         "(memory-mapped train.bin/val.bin and their tokenizer), "
                                         "instead of --data")

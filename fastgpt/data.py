@@ -1,14 +1,14 @@
 """Training data: the text, its 90 % / 10 % train/val split, and random batches of windows.
 
-The default corpus is tiny Shakespeare, looked up as `tinyshakespeare.txt` in the data directory
-($FASTGPT_DATA_DIR, else ~/.cache/fastgpt) and downloaded there on first use from the lecture's
-address, checked against its sha256 and written atomically. Any UTF-8 text works with --data.
+The default corpus is tiny Shakespeare, the lecture's text (public domain), shipped inside the
+package gzip-compressed, so training needs no download; any other UTF-8 text comes with --data.
 """
+import gzip
 import hashlib
 import math
 import os
-import urllib.error
-import urllib.request
+import zlib
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
@@ -16,58 +16,29 @@ import torch
 from torch import Tensor
 
 from fastgpt.cli import UserError
-from fastgpt.files import atomic_write
 
-CORPUS_NAME = "tinyshakespeare.txt"
-CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-# Environment variables: where the corpus lives, and where it is downloaded from (tests, mirrors).
-DATA_DIR_ENV = "FASTGPT_DATA_DIR"
-CORPUS_URL_ENV = "FASTGPT_CORPUS_URL"
+CORPUS_FILE = "tinyshakespeare.txt.gz"  # package data beside this module
+CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"  # of the text
 TRAIN_FRACTION = 0.9
 
 
 # ---------------------------------------------------------------------------------------------
-# The corpus
+# The text
 # ---------------------------------------------------------------------------------------------
 
 
-def data_dir() -> Path:
-    """$FASTGPT_DATA_DIR, else the user cache directory ($XDG_CACHE_HOME or ~/.cache)/fastgpt."""
-    if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV])
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "fastgpt"
-
-
-def default_corpus(url: Optional[str] = None) -> Path:
-    """The path of tiny Shakespeare in the data directory, downloaded there if it is not yet."""
-    path = data_dir() / CORPUS_NAME
-    if not path.is_file():
-        download(url or os.environ.get(CORPUS_URL_ENV) or CORPUS_URL, path, CORPUS_SHA256)
-    return path
-
-
-def download(url: str, path: Path, sha256: str) -> None:
-    """Fetch `url` into `path` if its content has this sha256; otherwise leave `path` untouched."""
-    print(f"downloading {url} -> {path}")
+def shakespeare() -> str:
+    """Tiny Shakespeare from the package data, checked against its sha256 (a damaged install
+    must not train on a damaged text)."""
+    packaged = resources.files("fastgpt") / CORPUS_FILE
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            content = response.read()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise UserError(f"cannot download the tiny Shakespeare corpus from {url} ({reason}); "
-                        f"pass a UTF-8 text file with --data PATH") from None
-    digest = hashlib.sha256(content).hexdigest()
-    if digest != sha256:
-        raise UserError(f"the file downloaded from {url} has sha256 {digest}, not {sha256}; "
-                        f"nothing was saved: try again later or pass a text file with --data PATH")
-    try:
-        with atomic_write(path) as f:
-            f.write(content)
-    except OSError as e:
-        raise UserError(f"cannot save the corpus in {path.parent} ({e.strerror}); set {DATA_DIR_ENV} "
-                        f"to a writable directory or pass --data PATH") from None
+        raw = gzip.decompress(packaged.read_bytes())
+    except (OSError, EOFError, zlib.error):  # missing, truncated, corrupted
+        raw = b""
+    if hashlib.sha256(raw).hexdigest() != CORPUS_SHA256:
+        raise UserError(f"the packaged corpus {packaged} is missing or damaged; reinstall fastgpt-char "
+                        f"or pass a UTF-8 text file with --data PATH")
+    return raw.decode("utf-8")
 
 
 def read_text(path: str | os.PathLike) -> str:

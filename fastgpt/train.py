@@ -28,7 +28,7 @@ from fastgpt import checkpoint
 from fastgpt.attention import explain
 from fastgpt.cli import UserError, flag, pick_device, run_cli
 from fastgpt.config import TrainConfig, build_parser, config_from_args, config_from_dict, validate
-from fastgpt.data import RandomBatches, default_corpus, read_text, split, text_sha256
+from fastgpt.data import RandomBatches, read_text, shakespeare, split, text_sha256
 from fastgpt.dataset import MemmapDataset, bits_per_char
 from fastgpt.distributed import SINGLE, Processes, launched_processes, start, stop
 from fastgpt.files import atomic_write
@@ -79,7 +79,7 @@ def check_resume_matches(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
 
 
 def load_text(cfg: TrainConfig) -> str:
-    return read_text(cfg.data if cfg.data is not None else default_corpus())
+    return read_text(cfg.data) if cfg.data is not None else shakespeare()
 
 
 def encode_text(text: str, tokenizer: CharTokenizer) -> torch.Tensor:

@@ -14,10 +14,8 @@ TINY_RUN = ["--preset", "cpu", "--device", "cpu", "--attention", "torch", "--n-e
 
 
 def run_module(module: str, *args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args` with one intra-op thread (fast on a shared machine) and no network
-    access to the default corpus URL unless the test sets one."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTGPT_CORPUS_URL": "http://127.0.0.1:9/",
-                **(env or {})}
+    """`python -m module args` with one intra-op thread (fast on a shared machine)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300)
 

@@ -406,7 +406,7 @@ def test_triton_kernels_compile_for_an_h100():
 
 
 @pytest.mark.slow
-def test_training_with_cpp_attention_reaches_the_torch_val_loss(corpus_path, tmp_path):
+def test_training_with_cpp_attention_reaches_the_torch_val_loss(tmp_path):
     """The `cpu` preset (dropout 0.2) for 2000 iterations, once with each backend, from the same
     initial weights and batches: the val losses agree within 0.03 (the dropout masks differ, so the
     runs are not identical). A few minutes on 2 cores."""
@@ -420,8 +420,7 @@ def test_training_with_cpp_attention_reaches_the_torch_val_loss(corpus_path, tmp
     val_losses = {}
     for backend in ("torch", "cpp"):
         cfg = replace(TrainConfig(), **{**PRESETS["cpu"], "max_iters": 2000, "eval_interval": 2000},
-                      data=str(corpus_path), device="cpu", attention=backend,
-                      out_dir=str(tmp_path / backend), sample_chars=0)
+                      device="cpu", attention=backend, out_dir=str(tmp_path / backend), sample_chars=0)
         train(cfg)
         val_losses[backend] = read_metrics(tmp_path / backend / METRICS)[-1]["val_loss"]
     assert val_losses["torch"] < 3.0  # it learned something: a uniform guess is ln 65 = 4.17

@@ -1,105 +1,43 @@
-"""fastgpt.data: the corpus download (against a local HTTP server), text checks, split, batches."""
+"""fastgpt.data: the packaged corpus, text checks, split, batches."""
+import gzip
 import hashlib
-import http.server
-import threading
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from clitools import assert_user_error, run_module
-from fastgpt import data
+from clitools import TINY_RUN, run_module
+from fastgpt import checkpoint, data
 from fastgpt.cli import UserError
 
 
-class _Serve(http.server.BaseHTTPRequestHandler):
-    content = b""
-    hits = 0
-
-    def do_GET(self):
-        type(self).hits += 1
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.content)))
-        self.end_headers()
-        self.wfile.write(self.content)
-
-    def log_message(self, *args):
-        pass
+def test_packaged_corpus_is_tiny_shakespeare():
+    text = data.shakespeare()
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:\n")
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == data.CORPUS_SHA256
 
 
-@pytest.fixture
-def serve():
-    """serve(content) -> (URL of a local HTTP server returning content, its handler class)."""
-    servers = []
-
-    def start(content: bytes):
-        handler = type("Handler", (_Serve,), {"content": content, "hits": 0})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}/input.txt", handler
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+@pytest.mark.parametrize("damage", ["missing", "truncated", "altered"])
+def test_damaged_package_corpus_is_refused(tmp_path, monkeypatch, damage):
+    packaged = data.resources.files("fastgpt") / data.CORPUS_FILE
+    if damage == "truncated":
+        (tmp_path / data.CORPUS_FILE).write_bytes(packaged.read_bytes()[:100_000])
+    if damage == "altered":
+        text = gzip.decompress(packaged.read_bytes()).replace(b"Citizen", b"Citizan", 1)
+        (tmp_path / data.CORPUS_FILE).write_bytes(gzip.compress(text))
+    monkeypatch.setattr(data, "resources", SimpleNamespace(files=lambda package: tmp_path))
+    with pytest.raises(UserError, match="missing or damaged.*--data PATH"):
+        data.shakespeare()
 
 
-@pytest.fixture
-def empty_data_dir(tmp_path, monkeypatch):
-    directory = tmp_path / "cache" / "fastgpt"
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(directory))
-    return directory
-
-
-def test_corpus_sha256_is_the_known_one(corpus_path):
-    assert hashlib.sha256(corpus_path.read_bytes()).hexdigest() == data.CORPUS_SHA256
-
-
-def test_download_caches_the_corpus(serve, empty_data_dir, corpus_path):
-    url, handler = serve(corpus_path.read_bytes())
-    path = data.default_corpus(url)
-    assert path == empty_data_dir / data.CORPUS_NAME
-    assert path.read_bytes() == corpus_path.read_bytes()
-    assert [p.name for p in empty_data_dir.iterdir()] == [data.CORPUS_NAME]  # no temporary left
-    assert data.default_corpus(url) == path and handler.hits == 1  # the second call uses the cache
-
-
-def test_download_url_from_environment(serve, empty_data_dir, corpus_path, monkeypatch):
-    url, handler = serve(corpus_path.read_bytes())
-    monkeypatch.setenv(data.CORPUS_URL_ENV, url)
-    assert data.default_corpus().read_bytes() == corpus_path.read_bytes()
-    assert handler.hits == 1
-
-
-def test_corrupted_download_is_rejected_and_not_cached(serve, empty_data_dir, corpus_path):
-    corrupted = bytearray(corpus_path.read_bytes())
-    corrupted[1000] ^= 1
-    url, _ = serve(bytes(corrupted))
-    with pytest.raises(UserError, match="sha256.*--data"):
-        data.default_corpus(url)
-    assert not empty_data_dir.exists() or not any(empty_data_dir.iterdir())
-
-
-def test_offline_says_to_pass_data(empty_data_dir):
-    with pytest.raises(UserError, match="--data PATH"):
-        data.default_corpus("http://127.0.0.1:9/input.txt")  # the discard port: refused
-    assert not empty_data_dir.exists()
-
-
-def test_offline_cli_is_one_line(tmp_path):
-    result = run_module("fastgpt.train", "--out-dir", tmp_path / "out", cwd=tmp_path,
-                        env={data.DATA_DIR_ENV: str(tmp_path / "cache")})
-    assert_user_error(result, "cannot download", "--data PATH")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
-
-
-def test_data_dir_defaults_to_user_cache(monkeypatch, tmp_path):
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert data.data_dir() == tmp_path / "fastgpt"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    assert data.data_dir() == Path.home() / ".cache" / "fastgpt"
+def test_training_without_data_uses_the_packaged_corpus(tmp_path):
+    """The quick start offline: no --data, nothing in the working directory, no network."""
+    out_dir = tmp_path / "out"
+    result = run_module("fastgpt.train", *TINY_RUN, "--max-iters", "2", "--out-dir", out_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ckpt = checkpoint.load_checkpoint(out_dir / checkpoint.LAST)
+    assert ckpt["iter"] == 2 and ckpt["tokenizer"]["chars"] == "".join(sorted(set(data.shakespeare())))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastgpt import prepare as prep
-from fastgpt.data import read_text, split
+from fastgpt.data import read_text, shakespeare, split
 from fastgpt.dataset import MemmapDataset, ids_dtype, read_meta
 from fastgpt.cli import UserError
 from fastgpt.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_state_dict
@@ -58,9 +58,11 @@ def test_ids_round_trip_to_the_text(tmp_path, kind):
     assert meta["dtype"] == "uint16" and ds.splits["train"].dtype == torch.uint16
 
 
-def test_char_ids_equal_the_in_memory_encoding(tmp_path, corpus_path):
-    meta = prep.prepare(corpus_path, "char", tmp_path / "ds")
-    text = read_text(corpus_path)
+def test_char_ids_equal_the_in_memory_encoding(tmp_path):
+    text = shakespeare()
+    src = tmp_path / "shakespeare.txt"
+    src.write_bytes(text.encode("utf-8"))
+    meta = prep.prepare(src, "char", tmp_path / "ds")
     tokenizer = CharTokenizer.from_text(text)
     in_memory = split(torch.tensor(tokenizer.encode(text)), block_size=8)
     ds = MemmapDataset(tmp_path / "ds")

@@ -12,6 +12,7 @@ import torch
 
 from fastgpt import checkpoint
 from fastgpt.attention import BACKENDS, backend_status
+from fastgpt.data import shakespeare
 from fastgpt.dataset import bits_per_char
 from fastgpt.cli import UserError
 from fastgpt.model import GPT, GPTConfig
@@ -24,10 +25,10 @@ TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16
 
 
 @pytest.fixture(scope="module")
-def text_path(tmp_path_factory, corpus_path):
+def text_path(tmp_path_factory):
     """The first 50,000 characters of tiny Shakespeare: enough for batches, fast to encode."""
     path = tmp_path_factory.mktemp("text") / "small.txt"
-    path.write_text(corpus_path.read_text(encoding="utf-8")[:50_000], encoding="utf-8")
+    path.write_text(shakespeare()[:50_000], encoding="utf-8")
     return path
 
 
