@@ -1,7 +1,8 @@
-"""Benchmarks of issue 6 on CPU, run as real `fastgpt.train` commands (from the repository root):
+"""Processes, threads, bfloat16 and bits per character on CPU, run as real `fastgpt.train` commands
+(from the repository root; the text is tiny Shakespeare unless --data names another):
 
-    python -m bench.scale throughput --data tinyshakespeare.txt [--steps 30] [--repeats 3]
-    python -m bench.scale bpc --data tinyshakespeare.txt [--max-iters 500] [--vocab-size 512]
+    python -m bench.scale throughput [--data FILE] [--steps 30] [--repeats 3]
+    python -m bench.scale bpc [--data FILE] [--max-iters 500] [--vocab-size 512]
 
 `throughput`: tokens/s of the `cpu` preset (global batch 32 × 128) for 1 process × 1 thread,
 2 gloo processes × 1 thread (torchrun, batch 16 each), 1 process × 2 threads, and bfloat16 against
@@ -54,7 +55,8 @@ def throughput(args) -> None:
         for repeat in range(args.repeats):
             for i, (name, (processes, threads, flags)) in enumerate(THROUGHPUT_RUNS.items()):
                 out = Path(tmp) / f"{repeat}-{i}"
-                row = run_train(processes, threads, ["--data", args.data, *steps, *flags], out)
+                data = ["--data", args.data] if args.data else []
+                row = run_train(processes, threads, [*data, *steps, *flags], out)
                 tokens_per_s[name].append(row["tokens_per_s"])
                 print(f"{name}: {row['tokens_per_s']:,.0f} tokens/s", file=sys.stderr, flush=True)
     base = statistics.median(tokens_per_s["1 process x 1 thread, float32"])
@@ -65,11 +67,15 @@ def throughput(args) -> None:
 
 
 def bpc(args) -> None:
+    from fastgpt.data import shakespeare
     from fastgpt.prepare import prepare
     with tempfile.TemporaryDirectory() as tmp:
+        text = Path(args.data) if args.data else Path(tmp) / "tinyshakespeare.txt"
+        if not args.data:
+            text.write_text(shakespeare(), encoding="utf-8")
         for kind in ("char", "bpe"):
             dataset = Path(tmp) / kind
-            meta = prepare(Path(args.data), kind, dataset, vocab_size=args.vocab_size)
+            meta = prepare(text, kind, dataset, vocab_size=args.vocab_size)
             row = run_train(1, args.threads, ["--dataset", str(dataset), "--max-iters", str(args.max_iters),
                                               "--eval-interval", str(args.max_iters),
                                               "--eval-iters", str(args.eval_iters)], Path(tmp) / f"run-{kind}")
@@ -82,11 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("throughput")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", default=None)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     p = sub.add_parser("bpc")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", default=None)
     p.add_argument("--max-iters", type=int, default=500)
     p.add_argument("--eval-iters", type=int, default=200)
     p.add_argument("--vocab-size", type=int, default=512)
