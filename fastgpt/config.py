@@ -64,17 +64,24 @@ class TrainConfig:
                          attention=self.attention)
 
 
+# The lecture presets clip the gradient norm only at spikes: above every step of normal training
+# (measured with bench/grad_norms.py, docs/training.md); at 1.0 most steps would be clipped.
+SPIKE_GRAD_CLIP = 10.0
+
 PRESETS: dict[str, dict] = {
     # The seed's CPU table.
     "cpu": dict(batch_size=32, block_size=128, n_embd=32, n_head=4, n_layer=4, dropout=0.2,
-                learning_rate=3e-4, max_iters=5000, eval_interval=500, eval_iters=200),
+                learning_rate=3e-4, max_iters=5000, eval_interval=500, eval_iters=200,
+                grad_clip=SPIKE_GRAD_CLIP),
     # The lecture's GPU run.
     "gpu": dict(batch_size=64, block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2,
-                learning_rate=3e-4, max_iters=5000, eval_interval=500, eval_iters=200),
+                learning_rate=3e-4, max_iters=5000, eval_interval=500, eval_iters=200,
+                grad_clip=SPIKE_GRAD_CLIP),
     # nanoGPT's shakespeare_char recipe on CPU (its README's command line).
     "nanogpt-cpu": dict(batch_size=12, block_size=64, n_embd=128, n_head=4, n_layer=4, dropout=0.0,
                         learning_rate=1e-3, max_iters=2000, lr_schedule="cosine", warmup_iters=100,
-                        min_lr=1e-4, beta2=0.99, weight_decay=0.1, eval_interval=250, eval_iters=20),
+                        min_lr=1e-4, beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=250,
+                        eval_iters=20),
 }
 
 

@@ -53,10 +53,12 @@ def test_optimizer_decays_matrices_only():
 def test_presets_and_flags():
     parser = build_parser("test")
     cfg = config_from_args(parser.parse_args(["--preset", "nanogpt-cpu", "--n-layer", "2"]))
-    assert (cfg.batch_size, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.lr_schedule) == (12, 64, 128, 2, "cosine")
+    assert (cfg.batch_size, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.lr_schedule,
+            cfg.grad_clip) == (12, 64, 128, 2, "cosine", 1.0)
     cfg = config_from_args(parser.parse_args(["--preset", "gpu"]))
     assert (cfg.batch_size, cfg.block_size, cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.max_iters,
-            cfg.eval_interval) == (64, 256, 384, 6, 6, 5000, 500)
+            cfg.eval_interval, cfg.grad_clip) == (64, 256, 384, 6, 6, 5000, 500, 10.0)
+    assert config_from_args(parser.parse_args(["--preset", "cpu", "--grad-clip", "0"])).grad_clip == 0
 
 
 def test_help_documents_every_flag(tmp_path):
