@@ -394,6 +394,11 @@ def test_every_cpp_instruction_set_draws_the_reference_mask(cpp_instruction_set,
         assert torch.equal(dropout_keep_mask(seed, *shape, p, backend="cpp"), dropout_keep_mask(seed, *shape, p))
 
 
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_every_cpp_instruction_set_matches_the_reference(cpp_instruction_set, p):
+    assert_as_accurate_as_reference(fused_attention, "cpp", make_qkv(2, 3, 37, 16, packed=True), p, torch.float32)
+
+
 def test_threshold_and_scale():
     assert reference.dropout_threshold(0.2) == 13107 and reference.dropout_threshold(0.0) == 0
     assert reference.dropout_threshold(1 - 1e-9) == 65535  # a draw is always kept: the scale is finite

@@ -47,6 +47,21 @@ def test_triton_kernel_matches_reference(n):
     torch.testing.assert_close(dx.cpu(), reference(x.cpu(), torch.zeros(n), 0.3, n + 5))
 
 
+@needs_cpp
+def test_every_instruction_set_draws_the_same_bits():
+    x, residual, seed = torch.ones(4097), torch.zeros(4097), torch.tensor(11)
+    best = dropout._C.instruction_set()
+    try:
+        for isa in ("baseline", "avx2+fma", "avx512"):
+            try:
+                dropout._C.set_instruction_set(isa)
+            except RuntimeError:
+                continue  # this CPU does not run it
+            assert torch.equal(dropout_add_op(x, residual, 0.3, seed) != 0, keep_mask(11, 4097, 0.3)), isa
+    finally:
+        dropout._C.set_instruction_set(best)
+
+
 def test_mixed_dtypes_promote():
     x, residual = torch.randn(4, 40, dtype=torch.bfloat16), torch.randn(4, 40)
     out = dropout_add(x, residual, 0.2, seed=3)
