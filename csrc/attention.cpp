@@ -1,15 +1,19 @@
-// fastgpt._C: the fused causal attention kernels on CPU (forward, backward, the dropout keep mask).
+// fastgpt._C: the fused causal attention kernels on CPU (forward, backward, the dropout keep mask)
+// and the fused residual dropout.
 //
-// The kernels (attention_kernels.h) are compiled twice, for the baseline x86-64/ARM target and for
-// AVX2 + FMA, and the AVX2 copy runs where the CPU has it: a portable wheel that is still fast,
-// with no host-specific build flag. These functions check their inputs, make them contiguous in the compute
-// dtype (float32, float64 for float64; bfloat16 is computed in float32), and spread the
-// (batch·head, block) tasks over at::parallel_for. fastgpt/cpp_attention.py registers them as the
+// The kernels (attention_kernels.h) are compiled three times, for the baseline x86-64/ARM target,
+// AVX2 + FMA and AVX-512, and the best copy the CPU runs is chosen at run time: a portable wheel
+// that is still fast, with no host-specific build flag. These functions check their inputs, read
+// and write them in place where they can (any strides with contiguous rows of D elements, in the
+// compute dtype: float32, or float64 for float64; bfloat16 is computed in float32 through buffers),
+// and spread the (batch·head, block) tasks over at::parallel_for. fastgpt/attention/cpu.py registers them as the
 // CPU kernels of the fastgpt::causal_attention ops.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -25,18 +29,35 @@
 
 #define FASTGPT_ISA baseline
 #define FASTGPT_AVX2_INTRINSICS 0
+#define FASTGPT_AVX512_INTRINSICS 0
 #include "attention_kernels.h"
+#undef FASTGPT_AVX512_INTRINSICS
 #undef FASTGPT_AVX2_INTRINSICS
 #undef FASTGPT_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
-#define FASTGPT_HAVE_AVX2 1
+#define FASTGPT_HAVE_X86_COPIES 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define FASTGPT_ISA avx2
 #define FASTGPT_AVX2_INTRINSICS 1
+#define FASTGPT_AVX512_INTRINSICS 0
 #include "attention_kernels.h"
+#undef FASTGPT_AVX512_INTRINSICS
+#undef FASTGPT_AVX2_INTRINSICS
+#undef FASTGPT_ISA
+#pragma GCC pop_options
+
+// AVX-512 (F, BW, DQ, VL): Philox runs on one 512-bit register of eight 64-bit lanes, and the
+// 256-bit float vectors get 32 registers, masked moves and three-way logic (vpternlog).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+#define FASTGPT_ISA avx512
+#define FASTGPT_AVX2_INTRINSICS 1
+#define FASTGPT_AVX512_INTRINSICS 1
+#include "attention_kernels.h"
+#undef FASTGPT_AVX512_INTRINSICS
 #undef FASTGPT_AVX2_INTRINSICS
 #undef FASTGPT_ISA
 #pragma GCC pop_options
@@ -47,20 +68,34 @@ namespace {
 
 using at::Tensor;
 
-bool cpu_has_avx2() {
-#ifdef FASTGPT_HAVE_AVX2
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
+enum class IsaLevel { baseline, avx2, avx512 };
+const char* const kIsaNames[] = {"baseline", "avx2+fma", "avx512"};
+
+IsaLevel best_isa() {
+#ifdef FASTGPT_HAVE_X86_COPIES
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return IsaLevel::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IsaLevel::avx2;
 #endif
+  return IsaLevel::baseline;
+}
+
+// The copy the kernels run: the best this CPU has, unless set_instruction_set chose a lower one.
+std::atomic<IsaLevel>& isa_in_use() {
+  static std::atomic<IsaLevel> level{best_isa()};
+  return level;
 }
 
 // Runs `f` with the kernels compiled for the best instruction set this CPU has.
 template <typename F>
 void with_isa(F&& f) {
-#ifdef FASTGPT_HAVE_AVX2
-  if (cpu_has_avx2()) return f(avx2::Isa{});
+#ifdef FASTGPT_HAVE_X86_COPIES
+  switch (isa_in_use().load()) {
+    case IsaLevel::avx512: return f(avx512::Isa{});
+    case IsaLevel::avx2: return f(avx2::Isa{});
+    case IsaLevel::baseline: break;
+  }
 #endif
   f(baseline::Isa{});
 }
@@ -78,15 +113,46 @@ void with_head_size(int64_t head_size, F&& f) {
   }
 }
 
-at::ScalarType compute_dtype(const Tensor& t) {
+at::ScalarType compute_dtype(const Tensor& t, at::ScalarType dtype) {
   TORCH_CHECK(t.device().is_cpu(), "fastgpt._C: expected a CPU tensor, got ", t.device());
-  const auto dtype = t.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
               "fastgpt._C: dtype ", dtype, " is not float32, float64 or bfloat16");
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+at::ScalarType compute_dtype(const Tensor& t) { return compute_dtype(t, t.scalar_type()); }
+
 Tensor prepared(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
+
+bool rows_readable(const Tensor& t, at::ScalarType dtype) { return t.scalar_type() == dtype && t.stride(3) == 1; }
+
+// q, k, v as the kernels read them: in the compute dtype, rows of D contiguous elements, the three
+// with the same strides. Views of the model's packed qkv projection are taken as they are.
+std::array<Tensor, 3> readable_qkv(const Tensor& q, const Tensor& k, const Tensor& v, at::ScalarType dtype) {
+  if (rows_readable(q, dtype) && q.strides() == k.strides() && q.strides() == v.strides() &&
+      k.scalar_type() == dtype && v.scalar_type() == dtype)
+    return {q, k, v};
+  return {prepared(q, dtype), prepared(k, dtype), prepared(v, dtype)};
+}
+
+Tensor readable(const Tensor& t, at::ScalarType dtype) { return rows_readable(t, dtype) ? t : prepared(t, dtype); }
+
+// Where the kernels write `t`: t itself when they can (compute dtype, contiguous rows), else a
+// buffer that `written` copies into t afterwards (bfloat16 results, odd strides).
+Tensor writable(const Tensor& t, at::ScalarType dtype) {
+  return rows_readable(t, dtype) ? t : at::empty(t.sizes(), t.options().dtype(dtype));
+}
+
+void written(const Tensor& buffer, const Tensor& t) {
+  if (!buffer.is_same(t)) t.copy_(buffer);
+}
+
+// The (b, h) slice of a (B, H, T, D) tensor as the kernels see it.
+template <typename T>
+Rows<T> head_rows(const Tensor& t, int64_t b, int64_t h) {
+  using Base = std::remove_const_t<T>;
+  return {const_cast<Base*>(t.const_data_ptr<Base>()) + b * t.stride(0) + h * t.stride(1), t.stride(2)};
+}
 
 void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, double dropout_p) {
   TORCH_CHECK(q.dim() == 4, "fastgpt._C: expected q, k, v of shape (B, H, T, D), got ", q.sizes());
@@ -109,79 +175,91 @@ int64_t key_blocks_per_chunk(int64_t heads, int64_t seq_len) {
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double dropout_p,
-                                   int64_t seed) {
+// Causal attention of q, k, v (B, H, T, D) into out (B, H, T, D, q's dtype, any strides: a view of
+// the (B, T, H, D) memory the output projection reads); returns the logsumexp (B, H, T).
+Tensor forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& out_in, double dropout_p,
+               int64_t seed) {
   check_qkv(q_in, k_in, v_in, dropout_p);
+  TORCH_CHECK(out_in.sizes() == q_in.sizes() && out_in.scalar_type() == q_in.scalar_type(),
+              "fastgpt._C: out must have q's shape and dtype");
   const auto dtype = compute_dtype(q_in);
-  const Tensor q = prepared(q_in, dtype), k = prepared(k_in, dtype), v = prepared(v_in, dtype);
+  const auto [q, k, v] = readable_qkv(q_in, k_in, v_in, dtype);
+  const Tensor out = writable(out_in, dtype);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
-  Tensor out = at::empty_like(q), lse = at::empty({B, H, T}, q.options());
+  Tensor lse = at::empty({B, H, T}, q.options().dtype(dtype));
   const Dropout dr = make_dropout(dropout_p, seed);
   const int64_t blocks = ceil_div(T, kQueryBlock);
   AT_DISPATCH_FLOATING_TYPES(dtype, "fastgpt_attention_forward", [&] {
     with_head_size(D, [&](auto head_size) {
       constexpr int kD = decltype(head_size)::value;
       const auto scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(D)));
-      const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
-      scalar_t *op = out.data_ptr<scalar_t>(), *lp = lse.data_ptr<scalar_t>();
+      scalar_t* lp = lse.data_ptr<scalar_t>();
       with_isa([&](auto isa) {
         at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t task = begin; task < end; ++task) {
-            const int64_t bh = task / blocks, r0 = (task % blocks) * kQueryBlock;
-            const int64_t slice = bh * T * kD;
-            decltype(isa)::template forward<scalar_t, kD>(qp + slice, kp + slice, vp + slice, T, r0,
-                                                          std::min(T, r0 + kQueryBlock), scale, dr,
-                                                          static_cast<uint64_t>(bh * T) * T, op + slice, lp + bh * T);
+            const int64_t bh = task / blocks, b = bh / H, h = bh % H, r0 = (task % blocks) * kQueryBlock;
+            decltype(isa)::template forward<scalar_t, kD>(
+                head_rows<const scalar_t>(q, b, h), head_rows<const scalar_t>(k, b, h),
+                head_rows<const scalar_t>(v, b, h), r0, std::min(T, r0 + kQueryBlock), scale, dr,
+                static_cast<uint64_t>(bh), head_rows<scalar_t>(out, b, h), lp + bh * T);
           }
         });
       });
     });
   });
-  return {out.to(q_in.scalar_type()), lse};
+  written(out, out_in);
+  return lse;
 }
 
-std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in,
-                                            const Tensor& v_in, const Tensor& out_in, const Tensor& lse_in,
-                                            double dropout_p, int64_t seed) {
+// The gradients of q, k, v written into dq, dk, dv (B, H, T, D, q's dtype, any strides: views of one
+// (B, T, 3, H, D) gradient of the packed qkv projection).
+void backward(const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+              const Tensor& out_in, const Tensor& lse_in, const Tensor& dq_in, const Tensor& dk_in,
+              const Tensor& dv_in, double dropout_p, int64_t seed) {
   check_qkv(q_in, k_in, v_in, dropout_p);
-  TORCH_CHECK(grad_out_in.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(),
-              "fastgpt._C: grad_out and out must have the shape of q");
+  for (const Tensor* t : {&grad_out_in, &out_in, &dq_in, &dk_in, &dv_in})
+    TORCH_CHECK(t->sizes() == q_in.sizes(), "fastgpt._C: grad_out, out, dq, dk, dv must have the shape of q");
+  for (const Tensor* t : {&dq_in, &dk_in, &dv_in})
+    TORCH_CHECK(t->scalar_type() == q_in.scalar_type(), "fastgpt._C: dq, dk, dv must have q's dtype");
   TORCH_CHECK(lse_in.sizes() == q_in.sizes().slice(0, 3), "fastgpt._C: lse must be (B, H, T)");
   const auto dtype = compute_dtype(q_in);
-  const Tensor q = prepared(q_in, dtype), k = prepared(k_in, dtype), v = prepared(v_in, dtype);
-  const Tensor grad_out = prepared(grad_out_in, dtype), out = prepared(out_in, dtype), lse = prepared(lse_in, dtype);
+  const auto [q, k, v] = readable_qkv(q_in, k_in, v_in, dtype);
+  const Tensor grad_out = readable(grad_out_in, dtype), out = readable(out_in, dtype);
+  const Tensor lse = prepared(lse_in, dtype);
+  const Tensor dq = writable(dq_in, dtype), dk = writable(dk_in, dtype), dv = writable(dv_in, dtype);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   const int64_t chunk_keys = key_blocks_per_chunk(B * H, T) * kKeyBlock, chunks = ceil_div(T, chunk_keys);
-  // Each key chunk adds its share of dQ into its own buffer, summed in a fixed order below: no races.
-  Tensor dq_parts = at::empty({chunks, B, H, T, D}, q.options());
-  Tensor dk = at::empty_like(k), dv = at::empty_like(v);
+  // The first key chunk writes dQ; each other chunk writes its share into its own buffer, added in a
+  // fixed order below: no races, the same bits on every run.
+  Tensor dq_parts = at::empty({chunks - 1, B, H, T, D}, q.options().dtype(dtype));
   const Dropout dr = make_dropout(dropout_p, seed);
   AT_DISPATCH_FLOATING_TYPES(dtype, "fastgpt_attention_backward", [&] {
     with_head_size(D, [&](auto head_size) {
       constexpr int kD = decltype(head_size)::value;
       const auto scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(D)));
-      const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
-      const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *outp = out.data_ptr<scalar_t>(),
-                     *lp = lse.data_ptr<scalar_t>();
-      scalar_t *dqp = dq_parts.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
+      const scalar_t* lp = lse.data_ptr<scalar_t>();
+      scalar_t* partp = dq_parts.data_ptr<scalar_t>();
       with_isa([&](auto isa) {
         at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t task = begin; task < end; ++task) {
-            const int64_t bh = task / chunks, chunk = task % chunks;
+            const int64_t bh = task / chunks, b = bh / H, h = bh % H, chunk = task % chunks;
             const int64_t c0 = chunk * chunk_keys, c1 = std::min(T, c0 + chunk_keys);
-            const int64_t slice = bh * T * kD;
+            const Rows<scalar_t> dq_rows = chunk == 0 ? head_rows<scalar_t>(dq, b, h)
+                                                      : Rows<scalar_t>{partp + ((chunk - 1) * B * H + bh) * T * kD, kD};
             decltype(isa)::template backward<scalar_t, kD>(
-                qp + slice, kp + slice, vp + slice, gp + slice, outp + slice, lp + bh * T, T, c0, c1, scale, dr,
-                static_cast<uint64_t>(bh * T) * T, dqp + chunk * B * H * T * kD + slice, dkp + slice, dvp + slice);
+                head_rows<const scalar_t>(q, b, h), head_rows<const scalar_t>(k, b, h),
+                head_rows<const scalar_t>(v, b, h), head_rows<const scalar_t>(grad_out, b, h),
+                head_rows<const scalar_t>(out, b, h), lp + bh * T, T, c0, c1, scale, dr, static_cast<uint64_t>(bh),
+                dq_rows, head_rows<scalar_t>(dk, b, h), head_rows<scalar_t>(dv, b, h));
           }
         });
       });
     });
   });
-  Tensor dq = dq_parts[0];
-  for (int64_t chunk = 1; chunk < chunks; ++chunk) dq = dq + dq_parts[chunk];
-  const auto out_dtype = q_in.scalar_type();
-  return {dq.to(out_dtype), dk.to(out_dtype), dv.to(out_dtype)};
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) dq.add_(dq_parts[chunk - 1]);
+  written(dq, dq_in);
+  written(dk, dk_in);
+  written(dv, dv_in);
 }
 
 // The bool (B, H, T, T) keep mask that the kernels use for this seed and shape (a debug entry point).
@@ -198,15 +276,60 @@ Tensor keep_mask(int64_t seed, int64_t B, int64_t H, int64_t T, double dropout_p
   return mask;
 }
 
+// x·keep·keep_scale + residual (residual optional), the keep bits a pure function of (seed, element
+// index): the fused residual dropout of fastgpt/dropout.py, forward (with residual) and backward.
+Tensor dropout_add(const Tensor& x_in, const c10::optional<Tensor>& residual_in, double dropout_p, int64_t seed) {
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fastgpt._C: dropout_p must be in [0, 1), got ", dropout_p);
+  const bool has_residual = residual_in.has_value() && residual_in->defined();
+  const auto out_dtype = has_residual ? at::promote_types(x_in.scalar_type(), residual_in->scalar_type())
+                                      : x_in.scalar_type();
+  const auto dtype = compute_dtype(x_in, out_dtype);
+  const Tensor x = prepared(x_in, dtype);
+  Tensor residual;
+  if (has_residual) {
+    TORCH_CHECK(residual_in->sizes() == x_in.sizes(), "fastgpt._C: x and residual shapes differ: ", x_in.sizes(),
+                residual_in->sizes());
+    residual = prepared(*residual_in, dtype);
+  }
+  Tensor out = at::empty_like(x);
+  const Dropout dr = make_dropout(dropout_p, seed);
+  const int64_t n = x.numel();
+  constexpr int64_t kChunk = 64 * 64;  // elements per task, a multiple of the Philox step
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fastgpt_dropout_add", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* rp = has_residual ? residual.data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    with_isa([&](auto isa) {
+      at::parallel_for(0, ceil_div(n, kChunk), 1, [&](int64_t begin, int64_t end) {
+        decltype(isa)::dropout_add(dr, xp, rp, begin * kChunk, std::min(n, end * kChunk), op);
+      });
+    });
+  });
+  return out.to(out_dtype);
+}
+
 // Which instruction set the kernels run with on this CPU.
-std::string instruction_set() { return cpu_has_avx2() ? "avx2+fma" : "baseline"; }
+std::string instruction_set() { return kIsaNames[static_cast<int>(isa_in_use().load())]; }
+
+// Runs the kernels with a lower instruction set than the best (to compare the copies).
+void set_instruction_set(const std::string& name) {
+  for (int level = 0; level <= static_cast<int>(best_isa()); ++level)
+    if (name == kIsaNames[level]) return isa_in_use().store(static_cast<IsaLevel>(level));
+  TORCH_CHECK(false, "fastgpt._C: instruction set '", name, "' is not one this CPU runs (best: ",
+              kIsaNames[static_cast<int>(best_isa())], ")");
+}
 
 }  // namespace fastgpt
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastgpt's fused causal attention on CPU";
-  m.def("forward", &fastgpt::forward, "(q, k, v, dropout_p, seed) -> (out, lse)");
-  m.def("backward", &fastgpt::backward, "(grad_out, q, k, v, out, lse, dropout_p, seed) -> (dq, dk, dv)");
+  m.def("forward", &fastgpt::forward, "(q, k, v, out, dropout_p, seed) -> lse; writes out");
+  m.def("backward", &fastgpt::backward,
+        "(grad_out, q, k, v, out, lse, dq, dk, dv, dropout_p, seed) -> None; writes dq, dk, dv");
   m.def("keep_mask", &fastgpt::keep_mask, "(seed, B, H, T, dropout_p) -> bool (B, H, T, T) keep mask");
+  m.def("dropout_add", &fastgpt::dropout_add, "(x, residual or None, dropout_p, seed) -> x·keep·scale + residual",
+        pybind11::arg("x"), pybind11::arg("residual"), pybind11::arg("dropout_p"), pybind11::arg("seed"));
   m.def("instruction_set", &fastgpt::instruction_set, "the instruction set the kernels use on this CPU");
+  m.def("set_instruction_set", &fastgpt::set_instruction_set,
+        "run the kernels compiled for this instruction set (baseline, avx2+fma, avx512), at most the CPU's best");
 }

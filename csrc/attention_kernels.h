@@ -1,4 +1,5 @@
-// The fused causal attention kernels, FlashAttention-2 style, for one (batch, head) slice at a time.
+// The fused causal attention kernels, FlashAttention-2 style, for one (batch, head) slice at a time,
+// and the fused residual dropout, which shares their Philox draws.
 //
 // attention.cpp includes this file twice: once for the baseline instruction set and once under an
 // AVX2 + FMA target pragma, with FASTGPT_ISA naming the namespace of each copy, and picks one at run
@@ -6,9 +7,11 @@
 // compiled for a target it was not built for. The loops work on kLanes-wide vectors (GCC/Clang
 // vector extensions, see attention_common.h), which each copy maps onto its target's registers.
 //
-// Layout: every pointer is a contiguous (T, D) slice of one (batch, head). Scores use q pre-scaled
-// by 1/sqrt(D). Dropout multiplies the probabilities by 1/(1 - p) or 0, the keep bit being a pure
-// function of (seed, ((b·H + h)·T + i)·T + j) (Philox-4x32-10, as fastgpt.attention_op).
+// Layout: every tensor is seen as one (batch, head) slice of T rows of D contiguous elements, with
+// any distance between rows (Rows): q, k, v may be views of the packed qkv projection and the
+// output and gradients views of (B, T, H, D) memory, without copies. Scores use q pre-scaled
+// by 1/sqrt(D). Dropout multiplies the probabilities by 1/(1 - p_eff) or 0, the keep bit being a pure
+// function of (seed, b·H + h, i, j) (one Philox-4x32 call per 8 columns, see attention_common.h).
 
 namespace fastgpt {
 namespace FASTGPT_ISA {
@@ -46,11 +49,18 @@ inline T horizontal_sum(Vec<T> x) {
 
 // Philox works on 32-bit words; each is held in the low half of a 64-bit lane, so that one
 // unsigned 32x32 -> 64-bit multiply per lane (pmuludq) gives both words of a product. The upper
-// halves of the lanes may hold garbage: the multiply and the final compare read only low halves.
+// halves of the lanes may hold garbage: the multiply and the final packing read only low halves.
 
 // The 64-bit products lo32(a)·b, lane by lane.
 inline u64xL mul_low_words(u64xL a, uint32_t b) {
-#if FASTGPT_AVX2_INTRINSICS
+#if FASTGPT_AVX512_INTRINSICS
+  static_assert(sizeof(u64xL) == sizeof(__m512i), "one AVX-512 register per vector");
+  __m512i x;
+  std::memcpy(&x, &a, sizeof(a));
+  x = _mm512_maskz_mul_epu32(0xFF, x, _mm512_set1_epi64(b));  // maskz: GCC 12 warns on the unmasked form
+  std::memcpy(&a, &x, sizeof(a));
+  return a;
+#elif FASTGPT_AVX2_INTRINSICS
   static_assert(sizeof(u64xL) == 2 * sizeof(__m256i), "two AVX2 registers per vector");
   const __m256i bv = _mm256_set1_epi64x(b);
   __m256i half[2];
@@ -64,28 +74,41 @@ inline u64xL mul_low_words(u64xL a, uint32_t b) {
 #endif
 }
 
-// The first Philox-4x32-10 word of the kLanes consecutive offsets offset, offset + 1, ...
-// (in the low halves of the lanes).
-inline u64xL philox_words(const Dropout& dr, uint64_t offset) {
-  u64xL c0;
-  for (int u = 0; u < kLanes; ++u) c0[u] = offset + u;
-  u64xL c1 = c0 >> 32, c2 = {}, c3 = {};
-  for (int r = 0; r < 10; ++r) {
+constexpr int kDrawsPerPhiloxStep = kLanes * kDrawsPerCall;  // kLanes column blocks at once
+
+// The 16-bit dropout draws of columns 8·block0 .. 8·block0 + kDrawsPerPhiloxStep - 1 of row `row`
+// of head bh = b·H + h: one Philox call per lane, lane u on column block block0 + u.
+inline void philox_draws(const Dropout& dr, uint64_t bh, uint64_t row, uint64_t block0, uint16_t* draws) {
+  u64xL c0, c1 = u64xL{} + (row & 0xFFFFFFFFu), c2 = u64xL{} + (bh & 0xFFFFFFFFu), c3 = u64xL{} + (bh >> 32);
+  for (int u = 0; u < kLanes; ++u) c0[u] = (block0 + u) & 0xFFFFFFFFu;
+  for (int r = 0; r < kPhiloxRounds; ++r) {
     const u64xL product_b = mul_low_words(c2, kPhiloxRoundB), product_a = mul_low_words(c0, kPhiloxRoundA);
     c0 = (product_b >> 32) ^ c1 ^ dr.key0[r];
     c2 = (product_a >> 32) ^ c3 ^ dr.key1[r];
     c1 = product_b;
     c3 = product_a;
   }
-  return c0;
+  // Block u's output in memory order: words 0, 1 then 2, 3, i.e. its eight draws in column order.
+  const u64xL words01 = (c0 & 0xFFFFFFFFu) | (c1 << 32), words23 = (c2 & 0xFFFFFFFFu) | (c3 << 32);
+  const u64xL first = __builtin_shufflevector(words01, words23, 0, 8, 1, 9, 2, 10, 3, 11);
+  const u64xL second = __builtin_shufflevector(words01, words23, 4, 12, 5, 13, 6, 14, 7, 15);
+  std::memcpy(draws, &first, sizeof(first));
+  std::memcpy(draws + kDrawsPerPhiloxStep / 2, &second, sizeof(second));
 }
 
-// z[j] = kept or 0 for the elements at offsets offset + j, j < count (a multiple of kLanes).
+// z[c] = kept or 0 for the columns col0 + c, c < count (a multiple of kLanes), of row `row` of head
+// bh; col0 is a multiple of kDrawsPerCall.
 template <typename T>
-inline void keep_multipliers(const Dropout& dr, uint64_t offset, int count, T kept, T* z) {
-  for (int c = 0; c < count; c += kLanes) {
-    const i64xL keep = (philox_words(dr, offset + c) & 0xFFFFFFFFu) >= dr.threshold;
-    store(z + c, __builtin_convertvector(keep, VecMask<T>) ? splat(kept) : Vec<T>{});
+inline void keep_multipliers(const Dropout& dr, uint64_t bh, int64_t row, int64_t col0, int count, T kept, T* z) {
+  uint16_t draws[kDrawsPerPhiloxStep];
+  const VecMask<T> threshold = VecMask<T>{} + dr.threshold;
+  for (int c0 = 0; c0 < count; c0 += kDrawsPerPhiloxStep) {
+    philox_draws(dr, bh, row, (col0 + c0) / kDrawsPerCall, draws);
+    for (int c = c0; c < std::min(count, c0 + kDrawsPerPhiloxStep); c += kLanes) {
+      u16xL d;
+      std::memcpy(&d, draws + c - c0, sizeof(d));
+      store(z + c, __builtin_convertvector(d, VecMask<T>) >= threshold ? splat(kept) : Vec<T>{});
+    }
   }
 }
 
@@ -122,12 +145,12 @@ inline f64xL exp_approx(f64xL x) {
 // Vectors per step of the tile loops: two independent accumulator sets keep both FMA units busy.
 constexpr int kVecsPerStep = 2;
 
-// dst (D, kKeyBlock) = the n rows of src (n, D) transposed, zero in columns n .. round_up(n).
+// dst (D, kKeyBlock) = rows j0 .. j0 + n - 1 of src transposed, zero in columns n .. round_up(n).
 template <typename T, int D>
-inline void load_transposed(const T* __restrict src, int n, T* __restrict dst) {
+inline void load_transposed(Rows<const T> src, int64_t j0, int n, T* __restrict dst) {
   const int npad = round_up(n, kVecsPerStep * kLanes);
   for (int d = 0; d < D; ++d) {
-    for (int j = 0; j < n; ++j) dst[d * kKeyBlock + j] = src[j * D + d];
+    for (int j = 0; j < n; ++j) dst[d * kKeyBlock + j] = src.row(j0 + j)[d];
     for (int j = n; j < npad; ++j) dst[d * kKeyBlock + j] = T(0);
   }
 }
@@ -150,16 +173,16 @@ inline void tile_dots(const T* a, const T* bt, int npad, T* s) {
   }
 }
 
-// out[r] += sum_j w[r][j] · rows[j] for kRowGroup rows of out (kRowGroup, D) and n rows (n, D);
+// out[r] += sum_j w[r][j] · rows[j0 + j] for kRowGroup rows of out (kRowGroup, D) and n rows;
 // the rows of a group are independent FMA chains, which hides their latency for small D.
 template <typename T, int D>
-inline void tile_weighted_rows(const T* w, const T* rows, int n, T* out) {
+inline void tile_weighted_rows(const T* w, Rows<const T> rows, int64_t j0, int n, T* out) {
   constexpr int kVecs = D >= kVecsPerStep * kLanes ? kVecsPerStep : 1;
   for (int d0 = 0; d0 < D; d0 += kVecs * kLanes) {
     Vec<T> acc[kRowGroup][kVecs] = {};
     for (int j = 0; j < n; ++j) {
       Vec<T> x[kVecs];
-      for (int u = 0; u < kVecs; ++u) x[u] = load(rows + j * D + d0 + u * kLanes);
+      for (int u = 0; u < kVecs; ++u) x[u] = load(rows.row(j0 + j) + d0 + u * kLanes);
       for (int r = 0; r < kRowGroup; ++r)
         for (int u = 0; u < kVecs; ++u) acc[r][u] += w[r * kKeyBlock + j] * x[u];
     }
@@ -211,26 +234,26 @@ inline T exp_shifted(T* s, int n, int npad, T shift) {
 
 // ---------------------------------------------------------------------------------------------
 // Forward: query rows [r0, r1) of one head. Online softmax over key tiles, skipping tiles above
-// the diagonal; writes out (T, D) rows and lse (T) entries. head_offset = (b·H + h)·T·T.
+// the diagonal; writes out (T, D) rows and lse (T) entries. bh = b·H + h.
 // ---------------------------------------------------------------------------------------------
 
 template <typename T, int D>
-void forward_rows(const T* q, const T* k, const T* v, int64_t seq_len, int64_t r0, int64_t r1, T scale,
-                  const Dropout& dr, uint64_t head_offset, T* out, T* lse) {
+void forward_rows(Rows<const T> q, Rows<const T> k, Rows<const T> v, int64_t r0, int64_t r1, T scale,
+                  const Dropout& dr, uint64_t bh, Rows<T> out, T* lse) {
   const int rows = static_cast<int>(r1 - r0);
   // Row state padded by a row group so a group may run past the last row.
   std::vector<T> qs((kQueryBlock + kRowGroup) * D, T(0)), acc((kQueryBlock + kRowGroup) * D, T(0));
   std::vector<T> kt(D * kKeyBlock), s(kRowGroup * kKeyBlock), z(kKeyBlock);
   T m[kQueryBlock], l[kQueryBlock];
   for (int r = 0; r < rows; ++r) {
-    for (int d = 0; d < D; ++d) qs[r * D + d] = q[(r0 + r) * D + d] * scale;
+    for (int d = 0; d < D; ++d) qs[r * D + d] = q.row(r0 + r)[d] * scale;
     m[r] = -std::numeric_limits<T>::infinity();
     l[r] = 0;
   }
   const T kept = static_cast<T>(dr.keep_scale);
   for (int64_t kb0 = 0; kb0 < r1; kb0 += kKeyBlock) {
     const int nk = static_cast<int>(std::min<int64_t>(kKeyBlock, r1 - kb0));
-    load_transposed<T, D>(k + kb0 * D, nk, kt.data());
+    load_transposed<T, D>(k, kb0, nk, kt.data());
     for (int g0 = static_cast<int>(std::max<int64_t>(r0, kb0) - r0); g0 < rows; g0 += kRowGroup) {
       const int group = std::min(kRowGroup, rows - g0);
       const int n_last = std::min<int>(nk, static_cast<int>(r0 + g0 + group - kb0));
@@ -250,16 +273,16 @@ void forward_rows(const T* q, const T* k, const T* v, int64_t seq_len, int64_t r
         m[row] = m_new;
         for (int d = 0; d < D; ++d) acc[row * D + d] *= alpha;
         if (dr.on) {
-          keep_multipliers(dr, head_offset + static_cast<uint64_t>(r0 + row) * seq_len + kb0, npad, T(1), z.data());
+          keep_multipliers(dr, bh, r0 + row, kb0, npad, T(1), z.data());
           for (int j = 0; j < npad; j += kLanes) store(sr + j, load(sr + j) * load(&z[j]));
         }
       }
-      tile_weighted_rows<T, D>(s.data(), v + kb0 * D, n_last, &acc[g0 * D]);
+      tile_weighted_rows<T, D>(s.data(), v, kb0, n_last, &acc[g0 * D]);
     }
   }
   for (int r = 0; r < rows; ++r) {
     const T norm = (dr.on ? kept : T(1)) / l[r];
-    for (int d = 0; d < D; ++d) out[(r0 + r) * D + d] = acc[r * D + d] * norm;
+    for (int d = 0; d < D; ++d) out.row(r0 + r)[d] = acc[r * D + d] * norm;
     lse[r0 + r] = m[r] + std::log(l[r]);
   }
 }
@@ -271,24 +294,24 @@ void forward_rows(const T* q, const T* k, const T* v, int64_t seq_len, int64_t r
 // ---------------------------------------------------------------------------------------------
 
 template <typename T, int D>
-void backward_keys(const T* q, const T* k, const T* v, const T* grad_out, const T* out, const T* lse,
-                   int64_t seq_len, int64_t c0, int64_t c1, T scale, const Dropout& dr, uint64_t head_offset,
-                   T* dq, T* dk, T* dv) {
+void backward_keys(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<const T> grad_out, Rows<const T> out,
+                   const T* lse, int64_t seq_len, int64_t c0, int64_t c1, T scale, const Dropout& dr, uint64_t bh,
+                   Rows<T> dq, Rows<T> dk, Rows<T> dv) {
   std::vector<T> delta(seq_len);  // rowsum(dO ∘ O) = rowsum(P ∘ dP), for the rows that see these keys
   for (int64_t i = c0; i < seq_len; ++i) {
     Vec<T> sum = {};
-    for (int d0 = 0; d0 < D; d0 += kLanes) sum += load(grad_out + i * D + d0) * load(out + i * D + d0);
+    for (int d0 = 0; d0 < D; d0 += kLanes) sum += load(grad_out.row(i) + d0) * load(out.row(i) + d0);
     delta[i] = horizontal_sum<T>(sum);
   }
-  std::fill(dq, dq + seq_len * D, T(0));
+  for (int64_t i = 0; i < seq_len; ++i) std::fill(dq.row(i), dq.row(i) + D, T(0));
   std::vector<T> kt(D * kKeyBlock), vt(D * kKeyBlock), dk_acc(kKeyBlock * D), dv_acc(kKeyBlock * D);
   std::vector<T> qs(kRowGroup * D), dout(kRowGroup * D), dq_group(kRowGroup * D);
   std::vector<T> s(kRowGroup * kKeyBlock), dp(kRowGroup * kKeyBlock), z(kKeyBlock);
   const T kept = static_cast<T>(dr.keep_scale);
   for (int64_t kb0 = c0; kb0 < c1; kb0 += kKeyBlock) {
     const int nk = static_cast<int>(std::min<int64_t>(kKeyBlock, c1 - kb0));
-    load_transposed<T, D>(k + kb0 * D, nk, kt.data());
-    load_transposed<T, D>(v + kb0 * D, nk, vt.data());
+    load_transposed<T, D>(k, kb0, nk, kt.data());
+    load_transposed<T, D>(v, kb0, nk, vt.data());
     std::fill(dk_acc.begin(), dk_acc.end(), T(0));
     std::fill(dv_acc.begin(), dv_acc.end(), T(0));
     for (int64_t i0 = kb0; i0 < seq_len; i0 += kRowGroup) {
@@ -297,8 +320,8 @@ void backward_keys(const T* q, const T* k, const T* v, const T* grad_out, const 
       const int npad = round_up(n_last, kLanes);
       for (int r = 0; r < kRowGroup; ++r)
         for (int d = 0; d < D; ++d) {
-          qs[r * D + d] = r < group ? q[(i0 + r) * D + d] * scale : T(0);
-          dout[r * D + d] = r < group ? grad_out[(i0 + r) * D + d] : T(0);
+          qs[r * D + d] = r < group ? q.row(i0 + r)[d] * scale : T(0);
+          dout[r * D + d] = r < group ? grad_out.row(i0 + r)[d] : T(0);
         }
       tile_dots<T, D>(qs.data(), kt.data(), npad, s.data());
       tile_dots<T, D>(dout.data(), vt.data(), npad, dp.data());
@@ -314,7 +337,7 @@ void backward_keys(const T* q, const T* k, const T* v, const T* grad_out, const 
         const int n = static_cast<int>(std::min<int64_t>(nk, row - kb0 + 1));
         exp_shifted(pr, n, npad, lse[row]);
         if (dr.on) {
-          keep_multipliers(dr, head_offset + static_cast<uint64_t>(row) * seq_len + kb0, npad, kept, z.data());
+          keep_multipliers(dr, bh, row, kb0, npad, kept, z.data());
         } else {
           std::fill(z.begin(), z.begin() + npad, T(1));
         }
@@ -328,14 +351,14 @@ void backward_keys(const T* q, const T* k, const T* v, const T* grad_out, const 
       tile_accumulate_keys<T, D>(s.data(), dout.data(), n_last, dv_acc.data());
       tile_accumulate_keys<T, D>(dp.data(), qs.data(), n_last, dk_acc.data());
       std::fill(dq_group.begin(), dq_group.end(), T(0));
-      tile_weighted_rows<T, D>(dp.data(), k + kb0 * D, n_last, dq_group.data());
+      tile_weighted_rows<T, D>(dp.data(), k, kb0, n_last, dq_group.data());
       for (int r = 0; r < group; ++r)
-        for (int d = 0; d < D; ++d) dq[(i0 + r) * D + d] += dq_group[r * D + d] * scale;
+        for (int d = 0; d < D; ++d) dq.row(i0 + r)[d] += dq_group[r * D + d] * scale;
     }
     for (int j = 0; j < nk; ++j)
       for (int d = 0; d < D; ++d) {
-        dk[(kb0 + j) * D + d] = dk_acc[j * D + d];
-        dv[(kb0 + j) * D + d] = dv_acc[j * D + d];
+        dk.row(kb0 + j)[d] = dk_acc[j * D + d];
+        dv.row(kb0 + j)[d] = dv_acc[j * D + d];
       }
   }
 }
@@ -344,26 +367,60 @@ void backward_keys(const T* q, const T* k, const T* v, const T* grad_out, const 
 inline void keep_mask_rows(const Dropout& dr, int64_t seq_len, int64_t row0, int64_t row1, bool* mask) {
   std::vector<float> z(round_up(static_cast<int>(seq_len), kLanes));
   for (int64_t row = row0; row < row1; ++row) {
-    keep_multipliers(dr, static_cast<uint64_t>(row) * seq_len, static_cast<int>(z.size()), 1.0f, z.data());
+    keep_multipliers(dr, row / seq_len, row % seq_len, 0, static_cast<int>(z.size()), 1.0f, z.data());
     for (int64_t j = 0; j < seq_len; ++j) mask[row * seq_len + j] = z[j] != 0.0f;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Residual dropout: out[n] = x[n]·keep(n)·keep_scale (+ residual[n]) for n in [begin, end), begin a
+// multiple of kDrawsPerPhiloxStep. Element n of the flattened tensor takes draw n % 8 of the Philox
+// call at counter (n / 8 lo, n / 8 hi, 0, 0) (fastgpt.dropout.keep_mask).
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+void dropout_add_range(const Dropout& dr, const T* x, const T* residual, int64_t begin, int64_t end, T* out) {
+  uint16_t draws[kDrawsPerPhiloxStep];
+  const VecMask<T> threshold = VecMask<T>{} + dr.threshold;
+  const T kept = static_cast<T>(dr.keep_scale);
+  for (int64_t e0 = begin; e0 < end; e0 += kDrawsPerPhiloxStep) {
+    // lanes never cross a 2^32 boundary of the block index: block0 is a multiple of kLanes
+    const uint64_t block0 = static_cast<uint64_t>(e0) / kDrawsPerCall;
+    philox_draws(dr, 0, block0 >> 32, block0, draws);
+    const int n = static_cast<int>(std::min<int64_t>(end - e0, kDrawsPerPhiloxStep));
+    int c = 0;
+    for (; c + kLanes <= n; c += kLanes) {
+      u16xL d;
+      std::memcpy(&d, draws + c, sizeof(d));
+      const Vec<T> z = __builtin_convertvector(d, VecMask<T>) >= threshold ? splat(kept) : Vec<T>{};
+      store(out + e0 + c, residual ? load(x + e0 + c) * z + load(residual + e0 + c) : load(x + e0 + c) * z);
+    }
+    for (; c < n; ++c) {
+      const T z = draws[c] >= dr.threshold ? kept : T(0);
+      out[e0 + c] = residual ? x[e0 + c] * z + residual[e0 + c] : x[e0 + c] * z;
+    }
   }
 }
 
 // The entry points of this copy, as static members so that the caller can pick a copy by type.
 struct Isa {
   template <typename T, int D>
-  static void forward(const T* q, const T* k, const T* v, int64_t seq_len, int64_t r0, int64_t r1, T scale,
-                      const Dropout& dr, uint64_t head_offset, T* out, T* lse) {
-    forward_rows<T, D>(q, k, v, seq_len, r0, r1, scale, dr, head_offset, out, lse);
+  static void forward(Rows<const T> q, Rows<const T> k, Rows<const T> v, int64_t r0, int64_t r1, T scale,
+                      const Dropout& dr, uint64_t bh, Rows<T> out, T* lse) {
+    forward_rows<T, D>(q, k, v, r0, r1, scale, dr, bh, out, lse);
   }
   template <typename T, int D>
-  static void backward(const T* q, const T* k, const T* v, const T* grad_out, const T* out, const T* lse,
-                       int64_t seq_len, int64_t c0, int64_t c1, T scale, const Dropout& dr, uint64_t head_offset,
-                       T* dq, T* dk, T* dv) {
-    backward_keys<T, D>(q, k, v, grad_out, out, lse, seq_len, c0, c1, scale, dr, head_offset, dq, dk, dv);
+  static void backward(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<const T> grad_out,
+                       Rows<const T> out, const T* lse, int64_t seq_len, int64_t c0, int64_t c1, T scale,
+                       const Dropout& dr, uint64_t bh, Rows<T> dq, Rows<T> dk, Rows<T> dv) {
+    backward_keys<T, D>(q, k, v, grad_out, out, lse, seq_len, c0, c1, scale, dr, bh, dq, dk, dv);
   }
   static void keep_mask(const Dropout& dr, int64_t seq_len, int64_t row0, int64_t row1, bool* mask) {
     keep_mask_rows(dr, seq_len, row0, row1, mask);
+  }
+  template <typename T>
+  static void dropout_add(const Dropout& dr, const T* x, const T* residual, int64_t begin, int64_t end, T* out) {
+    dropout_add_range(dr, x, residual, begin, end, out);
   }
 };
 

@@ -3,7 +3,9 @@
 Token + position embeddings, `n_layer` pre-LayerNorm blocks of causal multi-head self-attention
 (dropout on the attention weights) and a ReLU MLP of width 4·n_embd, residual connections, a
 final LayerNorm and a linear head; weights initialised from N(0, 0.02). The lecture keeps one
-key/query/value Linear per head; here they are stacked into one Linear, the same maths.
+key/query/value Linear per head; here they are stacked into one Linear, the same maths, and the
+dropout of each block's attention and MLP output is fused with its residual add
+(`fastgpt.dropout.dropout_add`).
 Attention goes through `fastgpt.attention.causal_attention`, the one dispatch point for the
 torch, C++ and Triton backends.
 
@@ -17,7 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastgpt.attention import causal_attention, reference_attention
+from fastgpt.attention import causal_attention, causal_attention_qkv, reference_attention
+from fastgpt.attention.op import merge_heads, split_heads
+from fastgpt.dropout import dropout_add
 from fastgpt.generate import generate_tokens
 
 
@@ -90,24 +94,21 @@ class CausalSelfAttention(nn.Module):
         self.backend = config.attention
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cache=None):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
-        past = 0 if cache is None else cache.length
-        if cache is not None:
-            k, v = cache.append(k, v)  # (B, H, past + T, D)
+        qkv = self.qkv(x)  # (B, T, 3C) = (B, T, 3, H, D)
+        p = self.dropout if self.training else 0.0
+        if cache is None:  # training and evaluation: the kernels read and write this layout as is
+            y = causal_attention_qkv(qkv, self.n_head, p, backend=self.backend)  # (B, T, C)
+            return self.proj(y)  # dropped by the Block, fused with the residual add
+        q, k, v = split_heads(qkv, self.n_head)  # (B, H, T, D) views
+        past = cache.length
+        k, v = cache.append(k, v)  # (B, H, past + T, D)
         if past == 0:
-            y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                 backend=self.backend)
+            y = causal_attention(q, k, v, p, backend=self.backend)
         else:  # decoding: the new positions attend to the cached ones too
             y = reference_attention(q, k, v)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.proj(y))
+        return self.proj(merge_heads(y))  # heads side by side again: (B, T, C)
 
 
 class MLP(nn.Module):
@@ -115,10 +116,9 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.proj(F.relu(self.fc(x))))
+        return self.proj(F.relu(self.fc(x)))  # dropped by the Block, fused with the residual add
 
 
 class Block(nn.Module):
@@ -128,10 +128,12 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
+        self.dropout = config.dropout
 
     def forward(self, x, cache=None):
-        x = x + self.attn(self.ln1(x), cache)
-        x = x + self.mlp(self.ln2(x))
+        p = self.dropout if self.training else 0.0
+        x = dropout_add(self.attn(self.ln1(x), cache), x, p)  # x + dropout(attention)
+        x = dropout_add(self.mlp(self.ln2(x)), x, p)  # x + dropout(MLP)
         return x
 
 

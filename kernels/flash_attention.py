@@ -14,10 +14,11 @@ Supports
   fp32 matmul (slower than TF32; use bf16 for speed).
 - head sizes 1 to 128 (the head axis is padded to a power of two >= 16 and masked); any T (tiles
   on the tail are masked, no "T % 128 == 0" rule).
-- dropout on the attention weights from Philox in the kernel: element (b, h, i, j) is kept iff
-  tl.randint(seed, ((b·H + h)·T + i)·T + j) >= floor(p·2**32) (unsigned), and kept weights are
-  scaled by 1/(1 - p); the backward regenerates the same mask, nothing is stored. This is the mask
-  of `fastgpt.attention.reference.keep_mask`, so CPU and GPU runs match element by element.
+- dropout on the attention weights from Philox in the kernel: one tl.philox call (counter: column
+  block j // 8, row i, b·H + h) gives the 16-bit draws of 8 neighbouring weights, kept iff
+  >= round(p·2**16), and kept weights are scaled by 1/(1 - p_eff); the backward regenerates the
+  same mask, nothing is stored. This is the mask of `fastgpt.attention.reference.keep_mask`, so CPU
+  and GPU runs match element by element.
 
 How: the forward walks key tiles left of the diagonal without any mask, then the diagonal tiles
 with the causal mask (tiles right of the diagonal are never visited). The backward runs a
@@ -31,7 +32,7 @@ Under TRITON_INTERPRET=1 (read by Triton when the kernels are decorated, i.e. wh
 imported) each kernel has one small configuration, so the interpreter tests stay fast, with
 query and key tiles of different sizes so the multi-tile diagonal paths are exercised.
 
-Limits: no float64 (use the reference), no head size above 128, T·T·B·H < 2**63.
+Limits: no float64 (use the reference), no head size above 128, T < 2**32.
 """
 import math
 
@@ -39,7 +40,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgpt.attention.reference import dropout_threshold
+from fastgpt.attention.op import heads, split_heads
+from fastgpt.attention.reference import dropout_keep_scale, dropout_threshold
+from fastgpt.kernels.philox import philox_draws
 
 # Whether Triton was told to interpret (TRITON_INTERPRET=1) when these kernels were decorated:
 # then they run on CPU tensors in Triton's interpreter; otherwise they need a CUDA device.
@@ -97,9 +100,15 @@ _COLUMN_TILES = _configs([(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64,
 
 
 @triton.jit
-def _keep(seed, offsets, threshold):
-    """Dropout keep-mask at these element offsets: the Philox word is >= threshold (unsigned)."""
-    return tl.randint(seed, offsets) >= threshold.to(tl.uint32)
+def _keep(seed, bh, rows, col0, threshold, N_COLS: tl.constexpr):
+    """Dropout keep-mask (len(rows), N_COLS) of head bh = b·H + h, columns col0 .. col0 + N_COLS - 1
+    (col0 and N_COLS multiples of 8): Philox counter (column block, row, bh lo, bh hi), kept iff
+    the draw >= threshold (fastgpt.attention.reference.keep_mask)."""
+    zero = tl.zeros([rows.shape[0], N_COLS // 8], dtype=tl.uint32)
+    blocks = (col0 // 8 + tl.arange(0, N_COLS // 8)).to(tl.uint32)
+    draws = philox_draws(seed, zero + blocks[None, :], zero + rows.to(tl.uint32)[:, None],
+                         zero + (bh & 0xFFFFFFFF).to(tl.uint32), zero + (bh >> 32).to(tl.uint32))
+    return draws >= threshold.to(tl.uint32)
 
 
 @triton.jit
@@ -127,7 +136,7 @@ def _store_rows(ptr, tile, offs_rows, offs_d, stride_t, stride_d, T, HEAD_DIM: t
 
 @triton.jit
 def _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt, stride_vd,
-                   offs_m, offs_d, row_offsets, lo, hi, T, qk_scale, seed, threshold,
+                   offs_m, offs_d, bh, lo, hi, T, qk_scale, seed, threshold,
                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
                    DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online softmax over key tiles [lo, hi): running max m_i and sum l_i in log2 units, acc the
@@ -144,7 +153,7 @@ def _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd, stride_
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts every weight, dropped or not
         if DROPOUT:
-            p = tl.where(_keep(seed, row_offsets[:, None] + offs_n[None, :], threshold), p, 0.0)
+            p = tl.where(_keep(seed, bh, offs_m, start_n, threshold, BLOCK_N), p, 0.0)
         v = _load_rows(v_ptr, offs_n, offs_d, stride_vt, stride_vd, T, HEAD_DIM, DIAGONAL)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -166,7 +175,6 @@ def _forward_kernel(Q, K, V, O, LSE,
     b, h = bh // H, bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    row_offsets = (bh * T + offs_m) * T  # Philox offset of element (b, h, i, 0), int64
 
     q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, stride_qd, T,
                    HEAD_DIM, True)
@@ -178,12 +186,12 @@ def _forward_kernel(Q, K, V, O, LSE,
 
     # keys left of the diagonal block: every one is visible to every row of this block
     acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd,
-                                   stride_vt, stride_vd, offs_m, offs_d, row_offsets, 0, start_m,
+                                   stride_vt, stride_vd, offs_m, offs_d, bh, 0, start_m,
                                    T, qk_scale, seed, threshold, HEAD_DIM, BLOCK_N, False,
                                    DROPOUT, DOT_PRECISION)
     # the diagonal block, in BLOCK_N-wide tiles, masked; tiles starting past T are skipped
     acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd,
-                                   stride_vt, stride_vd, offs_m, offs_d, row_offsets, start_m,
+                                   stride_vt, stride_vd, offs_m, offs_d, bh, start_m,
                                    tl.minimum(start_m + BLOCK_M, T), T, qk_scale, seed, threshold,
                                    HEAD_DIM, BLOCK_N, True, DROPOUT, DOT_PRECISION)
 
@@ -234,8 +242,8 @@ def _backward_head(Q, K, V, DO, LSE, DELTA, stride_qb, stride_qh, stride_kb, str
 
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
-                stride_dot, stride_dod, offs_n, offs_d, bh, lo, hi, T, qk_scale, seed, threshold,
-                keep_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                stride_dot, stride_dod, start_n, offs_n, offs_d, bh, lo, hi, T, qk_scale, seed,
+                threshold, keep_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dK, dV of one key tile over query tiles [lo, hi), everything transposed
     (keys along rows). Query rows past T load as zeros (q, dO, lse, delta) and add exactly 0."""
@@ -251,7 +259,7 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stri
             p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         if DROPOUT:
-            keep = _keep(seed, (bh * T + offs_m[None, :]) * T + offs_n[:, None], threshold)
+            keep = tl.trans(_keep(seed, bh, offs_m, start_n, threshold, BLOCK_N))
             dp_t = tl.where(keep, dp_t * keep_scale, 0.0)
             dropped_p_t = tl.where(keep, p_t, 0.0)  # times 1/(1-p) once, at the end
         else:
@@ -289,13 +297,13 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     # the diagonal block: queries [start_n, start_n + BLOCK_N), masked
     diagonal_end = tl.minimum(start_n + BLOCK_N, T)
     dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
-                         stride_dot, stride_dod, offs_n, offs_d, bh, start_n, diagonal_end, T,
-                         qk_scale, seed, threshold, keep_scale, HEAD_DIM, BLOCK_M, True, DROPOUT,
+                         stride_dot, stride_dod, start_n, offs_n, offs_d, bh, start_n, diagonal_end, T,
+                         qk_scale, seed, threshold, keep_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, DROPOUT,
                          DOT_PRECISION)
     # queries below it see every key of this tile
     dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
-                         stride_dot, stride_dod, offs_n, offs_d, bh, diagonal_end, T, T, qk_scale,
-                         seed, threshold, keep_scale, HEAD_DIM, BLOCK_M, False, DROPOUT,
+                         stride_dot, stride_dod, start_n, offs_n, offs_d, bh, diagonal_end, T, T, qk_scale,
+                         seed, threshold, keep_scale, HEAD_DIM, BLOCK_M, BLOCK_N, False, DROPOUT,
                          DOT_PRECISION)
     if DROPOUT:
         dv = dv * keep_scale
@@ -307,7 +315,7 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
 
 @triton.jit
 def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt, stride_vd,
-              offs_m, offs_d, row_offsets, lo, hi, T, qk_scale, seed, threshold, keep_scale,
+              offs_m, offs_d, bh, lo, hi, T, qk_scale, seed, threshold, keep_scale,
               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
               DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dQ (without the 1/sqrt(D)) of one query tile over key tiles [lo, hi)."""
@@ -321,7 +329,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_
             p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
-            keep = _keep(seed, row_offsets[:, None] + offs_n[None, :], threshold)
+            keep = _keep(seed, bh, offs_m, start_n, threshold, BLOCK_N)
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -345,7 +353,6 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         stride_dob, stride_doh, H, T)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    row_offsets = (bh * T + offs_m) * T
     q = _load_rows(q_ptr, offs_m, offs_d, stride_qt, stride_qd, T, HEAD_DIM, True)
     do = _load_rows(do_ptr, offs_m, offs_d, stride_dot, stride_dod, T, HEAD_DIM, True)
     lse = tl.load(lse_ptr + offs_m, mask=offs_m < T, other=0.0) * LOG2E
@@ -354,10 +361,10 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     qk_scale = sm_scale * LOG2E
 
     dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt,
-                   stride_vd, offs_m, offs_d, row_offsets, 0, start_m, T, qk_scale, seed,
+                   stride_vd, offs_m, offs_d, bh, 0, start_m, T, qk_scale, seed,
                    threshold, keep_scale, HEAD_DIM, BLOCK_N, False, DROPOUT, DOT_PRECISION)
     dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt,
-                   stride_vd, offs_m, offs_d, row_offsets, start_m,
+                   stride_vd, offs_m, offs_d, bh, start_m,
                    tl.minimum(start_m + BLOCK_M, T), T, qk_scale, seed, threshold, keep_scale,
                    HEAD_DIM, BLOCK_N, True, DROPOUT, DOT_PRECISION)
     _store_rows(DQ + b * stride_dqb + h * stride_dqh, dq * sm_scale, offs_m, offs_d, stride_dqt,
@@ -370,10 +377,16 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
 
 
 @triton.jit(do_not_specialize=["seed", "threshold"])
-def _keep_mask_kernel(OUT, n_elements, seed, threshold, BLOCK: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    keep = _keep(seed, offsets, threshold)
-    tl.store(OUT + offsets, keep.to(tl.uint8), mask=offsets < n_elements)
+def _keep_mask_kernel(OUT, T, seed, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows [start_m, start_m + BLOCK_M) of head bh's (T, T) mask, as bytes."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    for start_n in range(0, T, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        keep = _keep(seed, bh, offs_m, start_n, threshold, BLOCK_N)
+        tl.store(OUT + (bh * T + offs_m[:, None]) * T + offs_n[None, :], keep.to(tl.uint8),
+                 mask=(offs_m[:, None] < T) & (offs_n[None, :] < T))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +396,7 @@ def _keep_mask_kernel(OUT, n_elements, seed, threshold, BLOCK: tl.constexpr):
 
 def _dropout_args(dropout_p: float, seed: torch.Tensor) -> dict:
     return dict(seed=int(seed), threshold=dropout_threshold(dropout_p),
-                keep_scale=1.0 / (1.0 - dropout_p), DROPOUT=dropout_p > 0)
+                keep_scale=dropout_keep_scale(dropout_p), DROPOUT=dropout_p > 0)
 
 
 def _shape_args(q: torch.Tensor) -> dict:
@@ -406,11 +419,12 @@ def _check(*tensors: torch.Tensor) -> None:
 
 
 def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
-                            seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (B, H, T, D) in q's dtype, logsumexp (B, H, T) float32)."""
+                            seed: torch.Tensor, out: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, H, T, D) in q's dtype, logsumexp (B, H, T) float32); `out` may be given, any strides."""
     _check(q, k, v)
     B, H, T, D = q.shape
-    out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device) if out is None else out
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     _forward_kernel[_grid(q, "BLOCK_M")](q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(),
                                          *out.stride(), **_shape_args(q),
@@ -420,12 +434,14 @@ def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d
 
 def flash_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                              v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                             dropout_p: float, seed: torch.Tensor
+                             dropout_p: float, seed: torch.Tensor,
+                             grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) in the inputs' dtype, recomputing the probabilities from q, k and lse."""
+    """(dq, dk, dv) in the inputs' dtype, recomputing the probabilities from q, k and lse; they
+    are written into `grads` when given (any strides)."""
     _check(q, k, v, grad_out, out)
     assert lse.dtype == torch.float32 and lse.is_contiguous(), "lse comes from the forward"
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)) if grads is None else grads
     delta = torch.empty_like(lse)
     shape, dropout = _shape_args(q), _dropout_args(dropout_p, seed)
     B, H, T, _ = q.shape
@@ -441,12 +457,32 @@ def flash_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.T
     return dq, dk, dv
 
 
+def flash_attention_forward_qkv(qkv: torch.Tensor, n_head: int, dropout_p: float,
+                                seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed entry point (fastgpt::causal_attention_qkv): q, k, v read from qkv (B, T, 3C),
+    out written as (B, T, C)."""
+    B, T, C3 = qkv.shape
+    out = torch.empty(B, T, C3 // 3, dtype=qkv.dtype, device=qkv.device)
+    _, lse = flash_attention_forward(*split_heads(qkv, n_head), dropout_p, seed, out=heads(out, n_head))
+    return out, lse
+
+
+def flash_attention_backward_qkv(grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
+                                 lse: torch.Tensor, n_head: int, dropout_p: float,
+                                 seed: torch.Tensor) -> torch.Tensor:
+    """The gradient of the packed qkv (B, T, 3C), dq, dk, dv written into it in place."""
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    flash_attention_backward(heads(grad_out, n_head), *split_heads(qkv, n_head), heads(out, n_head), lse,
+                             dropout_p, seed, grads=split_heads(dqkv, n_head))
+    return dqkv
+
+
 def keep_mask(seed: int, B: int, H: int, T: int, p: float,
               device: torch.device | str) -> torch.Tensor:
     """The bool (B, H, T, T) keep-mask the kernels use for this seed and shape, made by a kernel
     that calls the same `_keep` as the attention kernels."""
-    n_elements, block = B * H * T * T, 1024
-    out = torch.empty(n_elements, dtype=torch.uint8, device=device)
-    _keep_mask_kernel[(triton.cdiv(n_elements, block),)](out, n_elements, int(seed),
-                                                         dropout_threshold(p), BLOCK=block)
-    return out.view(torch.bool).view(B, H, T, T)
+    out = torch.empty(B, H, T, T, dtype=torch.uint8, device=device)
+    block_m, block_n = 16, 64
+    _keep_mask_kernel[(triton.cdiv(T, block_m), B * H)](out, T, int(seed), dropout_threshold(p),
+                                                       BLOCK_M=block_m, BLOCK_N=block_n)
+    return out.view(torch.bool)

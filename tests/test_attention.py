@@ -8,6 +8,7 @@ backend's own dropout mask; the FlashAttention rule: a kernel's error against fl
 2x the error of the PyTorch reference run in the same dtype. Every buffer torch allocates starts as
 NaN (deterministic mode), so an output element a kernel forgets to write shows up.
 """
+import math
 import os
 import subprocess
 import sys
@@ -18,9 +19,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.profiler import ProfilerActivity, profile
 
-from fastgpt.attention import (backend_status, causal_attention, cpu, dropout_keep_mask, op,
-                               reference, reference_attention, resolve_backend, triton)
+from fastgpt.attention import (backend_status, causal_attention, causal_attention_qkv, cpu,
+                               dropout_keep_mask, op, reference, reference_attention, resolve_backend,
+                               triton)
 from fastgpt.model import GPT, GPTConfig
 
 ON_CUDA = torch.cuda.is_available()
@@ -69,7 +72,9 @@ def fused(request):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "overriding a previously registered kernel"
             op.register_kernels("cpu", triton.kernels.flash_attention_forward,
-                                triton.kernels.flash_attention_backward, lib=library)
+                                triton.kernels.flash_attention_backward,
+                                triton.kernels.flash_attention_forward_qkv,
+                                triton.kernels.flash_attention_backward_qkv, lib=library)
         yield backend
         library._destroy()
     else:
@@ -260,6 +265,63 @@ def test_fused_applies_its_mask_at_high_dropout(fused):
     torch.testing.assert_close(fused_attention(q, k, v, 0.9), reference_attention(q, k, v, 0.9, keep))
 
 
+# ---------------------------------------------------------------------------------------------
+# The packed op: qkv (B, T, 3C) in, (B, T, C) out, one (B, T, 3C) gradient
+# ---------------------------------------------------------------------------------------------
+
+
+def packed_outputs_and_grads(attend, qkv, grad_out, dtype):
+    leaf = qkv.detach().to(dtype).requires_grad_()
+    out = attend(leaf)
+    out.backward(grad_out.to(dtype))
+    return [out.detach(), leaf.grad]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+@pytest.mark.parametrize("shape", SHAPES[:4], ids=shape_id)
+def test_fused_packed_op_matches_float64_reference(fused, shape, p):
+    B, H, T, D = shape
+    qkv = torch.randn(B, T, 3 * H * D, dtype=torch.float64, device=device_of(fused))
+    grad_out = torch.randn(B, T, H * D, dtype=torch.float64, device=qkv.device)
+
+    def ref(x):
+        return causal_attention_qkv(x, H, p, backend="torch", seed=SEED)
+
+    exact = packed_outputs_and_grads(ref, qkv, grad_out, torch.float64)
+    reference_errors = relative_errors(packed_outputs_and_grads(ref, qkv, grad_out, torch.float32), exact)
+    results = packed_outputs_and_grads(lambda x: op.causal_attention_qkv(x, H, p, torch.tensor(SEED))[0], qkv,
+                                       grad_out, torch.float32)
+    for name, result, want, err, ref_err in zip(("out", "dqkv"), results, exact,
+                                                relative_errors(results, exact), reference_errors):
+        assert result.shape == want.shape and not result.isnan().any()
+        assert err <= 2 * ref_err + EPS[torch.float32], f"{name}: error {err:.2e} vs reference {ref_err:.2e}"
+
+
+def test_fused_packed_op_gradcheck_and_opcheck(fused):
+    skip_unless_takes(fused, torch.float64)
+    qkv = torch.randn(2, 9, 3 * 2 * 8, dtype=torch.float64, requires_grad=True)
+    seed = torch.tensor(SEED)
+    assert torch.autograd.gradcheck(lambda x: op.causal_attention_qkv(x, 2, 0.3, seed)[0], (qkv,))
+    torch.library.opcheck(torch.ops.fastgpt.causal_attention_qkv.default,
+                          (qkv.float().detach().requires_grad_(), 2, 0.3, seed))
+
+
+@pytest.mark.skipif(why_not("cpp") is not None, reason="the C++ extension is not built")
+def test_training_step_has_no_layout_copies_or_bernoulli():
+    model = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=32, dropout=0.2,
+                          attention="cpp"))
+    idx = torch.randint(65, (4, 32))
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        _, loss = model(idx, idx)
+        loss.backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert not ops & {"aten::bernoulli_", "aten::cat", "aten::clone", "aten::contiguous"}, ops
+    # addmm starts from a copy of the broadcast bias (the Linear layers' own): not a layout copy
+    copies = [e.input_shapes for e in prof.events()
+              if e.name == "aten::copy_" and (e.cpu_parent is None or e.cpu_parent.name != "aten::addmm")]
+    assert not copies, copies
+
+
 def test_model_with_fused_attention_matches_the_reference(fused):
     """The whole model at p = 0: same logits, loss and gradients as with the torch backend."""
     torch.manual_seed(0)
@@ -286,24 +348,106 @@ def test_model_with_fused_attention_matches_the_reference(fused):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_philox_known_answer():
-    # Random123's published vector for philox4x32_10: counter 0, key 0 -> first word 0x6627e8d5.
-    assert reference.philox_uint32(0, torch.zeros(1, dtype=torch.int64)).item() == 0x6627E8D5
+@pytest.mark.parametrize("rounds, key, counter, expected", [
+    (7, 0, (0, 0, 0, 0), (0x5F6FB709, 0x0D893F64, 0x4F121F81, 0x4F730A48)),
+    (10, 0, (0, 0, 0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    (10, 0xFFFFFFFF_FFFFFFFF, (0xFFFFFFFF,) * 4, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (10, 0x299F31D0_A4093822, (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_philox_known_answers(rounds, key, counter, expected):
+    # Random123's published vectors (kat_vectors) for philox4x32_7 and philox4x32_10
+    words = reference.philox4x32(key, tuple(torch.tensor([c]) for c in counter), rounds)
+    assert tuple(w.item() for w in words) == expected
 
 
-@pytest.mark.parametrize("seed", [0, 7, SEED])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 37), (1, 2, 70)], ids=shape_id)
-@pytest.mark.parametrize("p", [0.2, 0.9])
+# T = 1, T below, at and past one column block (8) and past the Triton tiles (16, 32, 64)
+MASK_SHAPES = [(1, 1, 1), (1, 1, 7), (2, 3, 9), (2, 3, 37), (2, 1, 70), (1, 1, 130)]
+
+
+@pytest.mark.parametrize("seed", [0, 2**31 + 5, SEED])
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("p", [0.2, 0.97])
 def test_every_backend_draws_the_reference_mask(fused, seed, shape, p):
     ours = dropout_keep_mask(seed, *shape, p, backend=fused)
     assert ours.dtype == torch.bool and ours.shape == (*shape, shape[-1])
     assert torch.equal(ours.cpu(), dropout_keep_mask(seed, *shape, p))
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_kept_fraction_is_one_minus_p(p):
-    mask = dropout_keep_mask(SEED, 4, 4, 256, p)
-    assert abs(mask.float().mean().item() - (1 - p)) < 0.005  # 1M draws: std <= 0.0005
+@pytest.fixture(params=["baseline", "avx2+fma", "avx512"])
+def cpp_instruction_set(request):
+    """Runs a test with each copy of the C++ kernels this CPU can run."""
+    if why_not("cpp"):
+        pytest.skip(why_not("cpp"))
+    best = cpu._C.instruction_set()
+    try:
+        cpu._C.set_instruction_set(request.param)
+    except RuntimeError:
+        pytest.skip(f"this CPU does not run {request.param}")
+    yield request.param
+    cpu._C.set_instruction_set(best)
+
+
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=shape_id)
+def test_every_cpp_instruction_set_draws_the_reference_mask(cpp_instruction_set, shape):
+    for seed, p in ((0, 0.2), (SEED, 0.5)):
+        assert torch.equal(dropout_keep_mask(seed, *shape, p, backend="cpp"), dropout_keep_mask(seed, *shape, p))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_every_cpp_instruction_set_matches_the_reference(cpp_instruction_set, p):
+    assert_as_accurate_as_reference(fused_attention, "cpp", make_qkv(2, 3, 37, 16, packed=True), p, torch.float32)
+
+
+def test_threshold_and_scale():
+    assert reference.dropout_threshold(0.2) == 13107 and reference.dropout_threshold(0.0) == 0
+    assert reference.dropout_threshold(1 - 1e-9) == 65535  # a draw is always kept: the scale is finite
+    assert reference.dropout_keep_scale(0.2) == 65536 / (65536 - 13107)
+
+
+def fast_mask(seed, B, H, T, p):
+    """The C++ mask where it is built (fast), else the reference: the tests above show they agree."""
+    return dropout_keep_mask(seed, B, H, T, p, backend="cpp" if why_not("cpp") is None else "torch")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
+def test_keep_rate_is_binomial(p):
+    mask = fast_mask(3, 8, 8, 384, p)  # 9.4 million draws
+    keep = 1 - reference.dropout_threshold(p) / 65536
+    sigma = math.sqrt(keep * (1 - keep) / mask.numel())
+    assert abs(mask.double().mean().item() - keep) < 5 * sigma
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.corrcoef(torch.stack([a.double().flatten(), b.double().flatten()]))[0, 1].item()
+
+
+def test_no_correlation_between_neighbours():
+    """Pearson correlation of the keep bits of neighbouring seeds, batches, heads, rows, columns of a
+    block and column blocks: ~N(0, 1/n) for independent bits, so 5/sqrt(n) bounds it."""
+    m = fast_mask(10, 4, 4, 256, 0.5)  # (B, H, T, T)
+    pairs = {
+        "seed": (m, fast_mask(11, 4, 4, 256, 0.5)),
+        "batch": (m[:-1], m[1:]),
+        "head": (m[:, :-1], m[:, 1:]),
+        "row": (m[:, :, :-1], m[:, :, 1:]),
+        "column in a block": (m[..., :-1], m[..., 1:]),
+        "column block": (m[..., :-8], m[..., 8:]),
+        "next block, next row": (m[..., :-1, :-8], m[..., 1:, 8:]),
+    }
+    for name, (a, b) in pairs.items():
+        assert abs(correlation(a, b)) < 5 / math.sqrt(a.numel()), name
+
+
+def test_mean_over_seeds_is_the_output_without_dropout(fused):
+    """Kept weights scaled by 1/(1 - p_eff): the mean output over many seeds is the p = 0 output,
+    within 5 standard errors, element by element."""
+    q, k, v = make_qkv(1, 2, 20, 8, torch.float32, device_of(fused))
+    exact = fused_attention(q, k, v, 0.0).double()
+    n = 4000 if fused == "cpp" else 300  # the interpreter is slow
+    outs = torch.stack([fused_attention(q, k, v, 0.3, seed).double() for seed in range(n)])
+    standard_error = outs.std(dim=0) / math.sqrt(n)
+    assert ((outs.mean(dim=0) - exact).abs() <= 5 * standard_error + 1e-6).all()
 
 
 def test_mask_depends_on_the_seed_only():

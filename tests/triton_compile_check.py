@@ -10,10 +10,11 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from fastgpt.kernels import dropout_add  # noqa: E402
 from fastgpt.kernels import flash_attention as kernels  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
-POINTERS = ("Q", "K", "V", "O", "DO", "DK", "DV", "DQ")
+POINTERS = ("Q", "K", "V", "O", "DO", "DK", "DV", "DQ", "X", "RESIDUAL")
 
 
 def jit_function(kernel):
@@ -51,7 +52,9 @@ def main() -> None:
             compile_for_h100(kernel, dtype, constexprs, configs[pick])
     compile_for_h100(kernels._delta_kernel, "bf16", dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64),
                      triton.Config({}))
-    compile_for_h100(kernels._keep_mask_kernel, "u8", dict(BLOCK=1024), triton.Config({}))
+    compile_for_h100(kernels._keep_mask_kernel, "u8", dict(BLOCK_M=16, BLOCK_N=64), triton.Config({}))
+    compile_for_h100(dropout_add._dropout_add_kernel, "bf16", dict(HAS_RESIDUAL=True, BLOCK=dropout_add.BLOCK),
+                     triton.Config({}))
 
 
 if __name__ == "__main__":

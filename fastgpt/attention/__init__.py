@@ -30,8 +30,8 @@ from torch import Tensor
 from fastgpt.attention import cpu, op, reference, triton
 from fastgpt.attention.reference import reference_attention
 
-__all__ = ["BACKENDS", "causal_attention", "dropout_keep_mask", "backend_status", "explain", "resolve",
-           "resolve_backend", "reference_attention"]
+__all__ = ["BACKENDS", "causal_attention", "causal_attention_qkv", "dropout_keep_mask", "backend_status",
+           "explain", "resolve", "resolve_backend", "reference_attention"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Backend:
     unsupported: Callable[[str, torch.dtype, int], Optional[str]]
     # (q, k, v, dropout_p, seed or None) -> out
     attend: Callable[[Tensor, Tensor, Tensor, float, Optional[Tensor]], Tensor]
+    # the same on the packed layout: (qkv (B, T, 3C), n_head, dropout_p, seed or None) -> (B, T, C)
+    attend_qkv: Callable[[Tensor, int, float, Optional[Tensor]], Tensor]
     # (seed, B, H, T, p) -> the bool keep-mask its kernels draw; None: it draws no such mask
     keep_mask: Optional[Callable[[int, int, int, int, float], Tensor]] = None
 
@@ -65,6 +67,20 @@ def _fused_attend(q, k, v, dropout_p, seed):
     return op.causal_attention(q, k, v, dropout_p, seed)[0]
 
 
+def _fused_attend_qkv(qkv, n_head, dropout_p, seed):
+    if seed is None:
+        seed = op.draw_seed() if dropout_p > 0 else _UNUSED_SEED
+    return op.causal_attention_qkv(qkv, n_head, dropout_p, seed)[0]
+
+
+def _on_heads(attend):
+    """A backend without a packed kernel on the packed layout: it attends views of qkv, and its
+    (B, H, T, D) output is copied into (B, T, C)."""
+    def attend_qkv(qkv, n_head, dropout_p, seed):
+        return op.merge_heads(attend(*op.split_heads(qkv, n_head), dropout_p, seed))
+    return attend_qkv
+
+
 def _sdpa_attend(q, k, v, dropout_p, seed):
     if seed is not None and dropout_p > 0:
         raise ValueError("the sdpa backend draws its own dropout mask and takes no seed")
@@ -72,10 +88,10 @@ def _sdpa_attend(q, k, v, dropout_p, seed):
 
 
 _BACKENDS: dict[str, Backend] = {
-    "torch": Backend(_always, _torch_attend, reference.keep_mask),
-    "cpp": Backend(cpu.unsupported, _fused_attend, cpu.keep_mask),
-    "triton": Backend(triton.unsupported, _fused_attend, triton.keep_mask),
-    "sdpa": Backend(_always, _sdpa_attend),
+    "torch": Backend(_always, _torch_attend, _on_heads(_torch_attend), reference.keep_mask),
+    "cpp": Backend(cpu.unsupported, _fused_attend, _fused_attend_qkv, cpu.keep_mask),
+    "triton": Backend(triton.unsupported, _fused_attend, _fused_attend_qkv, triton.keep_mask),
+    "sdpa": Backend(_always, _sdpa_attend, _on_heads(_sdpa_attend)),
 }
 BACKENDS = tuple(_BACKENDS)
 
@@ -138,6 +154,18 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     return _BACKENDS[resolve_backend(backend, q)].attend(q, k, v, dropout_p, seed)
 
 
+def causal_attention_qkv(qkv: Tensor, n_head: int, dropout_p: float = 0.0, backend: str = "auto",
+                         seed: Optional[Tensor | int] = None) -> Tensor:
+    """`causal_attention` on the model's own layout: q, k, v are read from the fused projection qkv
+    (B, T, 3C) = (B, T, 3, H, D) and the output is (B, T, C) = (B, T, H, D), heads side by side, as
+    the output projection reads it. The fused kernels read and write these layouts in place (the
+    backward fills one (B, T, 3C) gradient): no transpose, contiguous or cat copies."""
+    if isinstance(seed, int):
+        seed = torch.tensor(seed, dtype=torch.int64)
+    name = resolve(backend, qkv.device.type, qkv.dtype, qkv.shape[-1] // (3 * n_head))
+    return _BACKENDS[name].attend_qkv(qkv, n_head, dropout_p, seed)
+
+
 def backend_status(device_type: str, dtype: torch.dtype = torch.float32,
                    head_size: int = 64) -> dict[str, Optional[str]]:
     """Each backend and why it cannot run for these inputs (None when it can)."""
@@ -146,8 +174,9 @@ def backend_status(device_type: str, dtype: torch.dtype = torch.float32,
 
 def dropout_keep_mask(seed: int, B: int, H: int, T: int, p: float, backend: str = "torch") -> Tensor:
     """The bool (B, H, T, T) keep-mask that `backend`'s kernels use for this seed and shape.
-    Entry (b, h, i, j) is kept iff philox_uint32(seed, ((b·H + h)·T + i)·T + j) >= p·2**32;
-    kept weights are scaled by 1/(1 - p). Every backend that draws one gives the same mask."""
+    Entry (b, h, i, j) is kept iff its 16-bit draw, the (j % 8)-th 16-bit piece of Philox-4x32-7
+    at counter (j // 8, i, b·H + h) (see `reference`), is >= round(p·2**16); kept weights are
+    scaled by dropout_keep_scale(p) = 1/(1 - p_eff). Every backend that draws one gives the same mask."""
     if backend not in _BACKENDS or backend == "sdpa":
         raise ValueError(f"no dropout mask for backend {backend!r}: choose torch, cpp or triton")
     make = _BACKENDS[backend].keep_mask

@@ -38,17 +38,37 @@ def instruction_set() -> Optional[str]:
     return None if _C is None else _C.instruction_set()
 
 
+# The kernels write into buffers of the layout each op returns: (B, H, T, D) for causal_attention,
+# (B, T, H, D) = (B, T, C) for causal_attention_qkv, whose gradient is one (B, T, 3, H, D) tensor.
+
 def _forward(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, seed: Tensor):
-    return tuple(_C.forward(q, k, v, dropout_p, int(seed)))
+    out = torch.empty(q.shape, dtype=q.dtype)
+    return out, _C.forward(q, k, v, out, dropout_p, int(seed))
 
 
 def _backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
               dropout_p: float, seed: Tensor):
-    return tuple(_C.backward(grad_out, q, k, v, out, lse, dropout_p, int(seed)))
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype) for _ in range(3))
+    _C.backward(grad_out, q, k, v, out, lse, dq, dk, dv, dropout_p, int(seed))
+    return dq, dk, dv
+
+
+def _forward_qkv(qkv: Tensor, n_head: int, dropout_p: float, seed: Tensor):
+    B, T, C3 = qkv.shape
+    out = torch.empty(B, T, C3 // 3, dtype=qkv.dtype)
+    return out, _C.forward(*op.split_heads(qkv, n_head), op.heads(out, n_head), dropout_p, int(seed))
+
+
+def _backward_qkv(grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, n_head: int, dropout_p: float,
+                  seed: Tensor):
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype)
+    _C.backward(op.heads(grad_out, n_head), *op.split_heads(qkv, n_head), op.heads(out, n_head), lse,
+                *op.split_heads(dqkv, n_head), dropout_p, int(seed))
+    return dqkv
 
 
 # (seed, B, H, T, p) -> the bool (B, H, T, T) keep-mask the C++ kernels draw
 keep_mask = None if _C is None else _C.keep_mask
 
 if _C is not None:
-    op.register_kernels("cpu", _forward, _backward)
+    op.register_kernels("cpu", _forward, _backward, _forward_qkv, _backward_qkv)

@@ -48,4 +48,5 @@ def keep_mask(seed: int, B: int, H: int, T: int, p: float) -> Tensor:
 
 
 if kernels is not None:
-    op.register_kernels("cuda", kernels.flash_attention_forward, kernels.flash_attention_backward)
+    op.register_kernels("cuda", kernels.flash_attention_forward, kernels.flash_attention_backward,
+                        kernels.flash_attention_forward_qkv, kernels.flash_attention_backward_qkv)
