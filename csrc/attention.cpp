@@ -1,11 +1,11 @@
 // fastgpt._C: the fused causal attention kernels on CPU (forward, backward, the dropout keep mask).
 //
 // The kernels (attention_kernels.h) are compiled twice, for the baseline x86-64/ARM target and for
-// AVX2 + FMA, and the AVX2 copy runs where the CPU has it: a portable wheel that is still fast,
-// with no host-specific build flag. These functions check their inputs, make them contiguous in the compute
-// dtype (float32, float64 for float64; bfloat16 is computed in float32), and spread the
-// (batch·head, block) tasks over at::parallel_for. fastgpt/cpp_attention.py registers them as the
-// CPU kernels of the fastgpt::causal_attention ops.
+// AVX2 + FMA (isa_copies.h), and the AVX2 copy runs where the CPU has it. These functions check
+// their inputs, make them contiguous in the compute dtype (float32, float64 for float64; bfloat16
+// is computed in float32), and spread the (batch·head, block) tasks over at::parallel_for.
+// fastgpt/cpp_attention.py registers them as the CPU kernels of the fastgpt::causal_attention ops;
+// decode.cpp adds the sampling step, bound here too.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -17,44 +17,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "attention_common.h"
-
-// The kernels pass kLanes-wide vectors between inline functions only; GCC's note that such
-// arguments would change the ABI of an out-of-line call does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-#define FASTGPT_ISA baseline
-#define FASTGPT_AVX2_INTRINSICS 0
-#include "attention_kernels.h"
-#undef FASTGPT_AVX2_INTRINSICS
-#undef FASTGPT_ISA
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define FASTGPT_HAVE_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define FASTGPT_ISA avx2
-#define FASTGPT_AVX2_INTRINSICS 1
-#include "attention_kernels.h"
-#undef FASTGPT_AVX2_INTRINSICS
-#undef FASTGPT_ISA
-#pragma GCC pop_options
-#endif
+#define FASTGPT_KERNELS "attention_kernels.h"
+#include "isa_copies.h"
 
 namespace fastgpt {
 namespace {
 
 using at::Tensor;
-
-bool cpu_has_avx2() {
-#ifdef FASTGPT_HAVE_AVX2
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
 
 // Runs `f` with the kernels compiled for the best instruction set this CPU has.
 template <typename F>
@@ -201,12 +170,18 @@ Tensor keep_mask(int64_t seed, int64_t B, int64_t H, int64_t T, double dropout_p
 // Which instruction set the kernels run with on this CPU.
 std::string instruction_set() { return cpu_has_avx2() ? "avx2+fma" : "baseline"; }
 
+// decode.cpp
+Tensor decode_step(const Tensor& tokens, int64_t pos, const std::vector<Tensor>& params,
+                   const std::vector<Tensor>& scales, const std::vector<Tensor>& cache, int64_t n_head, double eps);
+
 }  // namespace fastgpt
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastgpt's fused causal attention on CPU";
+  m.doc() = "fastgpt's fused causal attention and sampling step on CPU";
   m.def("forward", &fastgpt::forward, "(q, k, v, dropout_p, seed) -> (out, lse)");
   m.def("backward", &fastgpt::backward, "(grad_out, q, k, v, out, lse, dropout_p, seed) -> (dq, dk, dv)");
   m.def("keep_mask", &fastgpt::keep_mask, "(seed, B, H, T, dropout_p) -> bool (B, H, T, T) keep mask");
+  m.def("decode_step", &fastgpt::decode_step,
+        "(tokens, pos, params, scales, cache, n_head, eps) -> logits (N, vocab): one sampling step");
   m.def("instruction_set", &fastgpt::instruction_set, "the instruction set the kernels use on this CPU");
 }
