@@ -20,19 +20,37 @@ typedef int8_t i8xL __attribute__((vector_size(kLanes * sizeof(int8_t))));
 template <typename T>
 inline Vec<T> widen(const T* p) { return load(p); }
 
+// GCC widens vectors of 8- and 16-bit integers lane by lane; the AVX2 copy says what it means.
 inline f32xL widen(const uint16_t* bfloat16_bits) {
+#if FASTGPT_AVX2_INTRINSICS
+  static_assert(sizeof(f32xL) == sizeof(__m256), "one AVX2 register per vector");
+  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bfloat16_bits));
+  const __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+  f32xL out;
+  std::memcpy(&out, &x, sizeof(out));
+  return out;
+#else
   u16xL half;
   std::memcpy(&half, bfloat16_bits, sizeof(half));
   const u32xL bits = __builtin_convertvector(half, u32xL) << 16;
   f32xL x;
   std::memcpy(&x, &bits, sizeof(x));
   return x;
+#endif
 }
 
 inline f32xL widen(const int8_t* p) {
+#if FASTGPT_AVX2_INTRINSICS
+  const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+  f32xL out;
+  std::memcpy(&out, &x, sizeof(out));
+  return out;
+#else
   i8xL q;
   std::memcpy(&q, p, sizeof(q));
   return __builtin_convertvector(q, f32xL);
+#endif
 }
 
 // sums[r][j] = Σ_k x[j·K + k]·w[r·K + k]: R weight rows against NB rows of x, each weight vector

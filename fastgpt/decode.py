@@ -51,7 +51,7 @@ def one_position_step(model, cache, dtype: Optional[str] = None) -> Callable[[Te
     if reason is None:
         return Decoder(model, cache, dtype)
     if dtype == "int8":
-        raise ValueError(f"dtype int8 needs the C++ step: {reason}")
+        raise ValueError(f"dtype int8 needs the C++ step, and {reason}; use bfloat16")
     weight = model.token_embedding.weight
     low_precision = dtype == "bfloat16" and weight.dtype != torch.bfloat16
     context = torch.autocast(weight.device.type, torch.bfloat16) if low_precision else nullcontext()

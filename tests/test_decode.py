@@ -115,7 +115,7 @@ def test_without_the_extension_the_model_takes_the_steps(monkeypatch):
     float32 = model_of(torch.float32)
     torch.testing.assert_close(step_logits(float32, idx, "bfloat16"), full_logits(float32, idx), rtol=0.05,
                                atol=0.05)  # under autocast
-    with pytest.raises(ValueError, match="int8 needs the C\\+\\+ step"):
+    with pytest.raises(ValueError, match="int8 needs the C\\+\\+ step, and .*; use bfloat16"):
         float32.generate(idx, 3, dtype="int8")
 
 
