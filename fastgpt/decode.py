@@ -11,6 +11,7 @@ and full passes (the prompt, the exact window's refills) run the model as it is.
 Where the extension cannot run (not built, not a CPU model, a head size that is not a multiple of
 8), `one_position_step` runs the model's own forward instead, under torch.autocast for "bfloat16".
 """
+import weakref
 from contextlib import nullcontext
 from typing import Callable, Optional
 
@@ -69,9 +70,55 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     return torch.round(weight / scale[:, None]).to(torch.int8), scale.contiguous()
 
 
+def pack(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
+    """The model's tensors in the order csrc/decode.cpp reads them, weight matrices in `dtype`,
+    and the int8 row scales (one per matrix, the head's last; none otherwise)."""
+    scales: list[Tensor] = []
+
+    def matrix(linear) -> Tensor:
+        weight = linear.weight.detach()
+        if dtype == "bfloat16":
+            return weight.to(torch.bfloat16).contiguous()
+        if dtype == "int8":
+            quantized, scale = quantize_int8(weight)
+            scales.append(scale)
+            return quantized
+        return weight.contiguous()
+
+    def vector(p) -> Tensor:
+        return p.detach().contiguous()
+
+    params = [vector(model.token_embedding.weight), vector(model.position_embedding.weight),
+              vector(model.ln_f.weight), vector(model.ln_f.bias), None, vector(model.lm_head.bias)]
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        assert attn.qkv.bias is None, "the qkv projection has no bias"
+        params += [vector(block.ln1.weight), vector(block.ln1.bias), matrix(attn.qkv),
+                   matrix(attn.proj), vector(attn.proj.bias), vector(block.ln2.weight),
+                   vector(block.ln2.bias), matrix(mlp.fc), vector(mlp.fc.bias), matrix(mlp.proj),
+                   vector(mlp.proj.bias)]
+    params[4] = matrix(model.lm_head)  # packed last: its scales come last
+    return params, scales
+
+
+# Packed narrow weights of each model, reused by later generations while every parameter is the
+# same tensor at the same version (an optimizer step or a load_state_dict changes one of them).
+_packed: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def packed(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
+    if dtype is None:
+        return pack(model, dtype)  # views of the parameters: nothing to keep
+    state = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    kept = _packed.setdefault(model, {})
+    if kept.get(dtype, (None,))[0] != state:
+        kept[dtype] = (state, pack(model, dtype))
+    return kept[dtype][1]
+
+
 class Decoder:
-    """The model's tensors packed once for `fastgpt._C.decode_step` (the order csrc/decode.cpp
-    reads), bound to one cache; calling it takes one step."""
+    """The model's tensors packed for `fastgpt._C.decode_step`, bound to one cache; calling it
+    takes one step."""
 
     def __init__(self, model, cache, dtype: Optional[str] = None):
         self.cache = cache
@@ -79,32 +126,7 @@ class Decoder:
         norms = [model.ln_f] + [norm for block in model.blocks for norm in (block.ln1, block.ln2)]
         assert len({norm.eps for norm in norms}) == 1, "one LayerNorm eps for the whole model"
         self.eps = norms[0].eps
-        self.scales: list[Tensor] = []
-
-        def matrix(linear) -> Tensor:
-            weight = linear.weight.detach()
-            if dtype == "bfloat16":
-                return weight.to(torch.bfloat16).contiguous()
-            if dtype == "int8":
-                quantized, scale = quantize_int8(weight)
-                self.scales.append(scale)
-                return quantized
-            return weight.contiguous()
-
-        def vector(p) -> Tensor:
-            return p.detach().contiguous()
-
-        params = [vector(model.token_embedding.weight), vector(model.position_embedding.weight),
-                  vector(model.ln_f.weight), vector(model.ln_f.bias), None, vector(model.lm_head.bias)]
-        for block in model.blocks:
-            attn, mlp = block.attn, block.mlp
-            assert attn.qkv.bias is None, "the qkv projection has no bias"
-            params += [vector(block.ln1.weight), vector(block.ln1.bias), matrix(attn.qkv),
-                       matrix(attn.proj), vector(attn.proj.bias), vector(block.ln2.weight),
-                       vector(block.ln2.bias), matrix(mlp.fc), vector(mlp.fc.bias), matrix(mlp.proj),
-                       vector(mlp.proj.bias)]
-        params[4] = matrix(model.lm_head)  # last, as the scales list it last
-        self.params = params
+        self.params, self.scales = packed(model, dtype)
         self.kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
 
     def __call__(self, token: Tensor) -> Tensor:

@@ -131,3 +131,15 @@ def test_unsupported_models_say_why(n_embd, n_head, dtype, reason):
 @needs_extension
 def test_narrow_weights_need_a_float32_model():
     assert "float32 model" in unsupported(model_of(torch.float64), "bfloat16")
+
+
+@needs_extension
+def test_narrow_weights_follow_changes_to_the_model():
+    model = model_of(torch.float32)
+    idx = torch.randint(0, 13, (2, 16))
+    before = step_logits(model, idx, "bfloat16")
+    assert torch.equal(step_logits(model, idx, "bfloat16"), before)  # packed once, reused
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)  # in place, as an optimizer step
+    torch.testing.assert_close(step_logits(model, idx, "bfloat16"), full_logits(model, idx), rtol=0.02,
+                               atol=0.02)
