@@ -3,7 +3,9 @@
 The prompt (its last block_size tokens) goes through the model once, through the usual attention
 dispatch point, filling a `KVCache`; each new token is then one position: its query attends to the
 cached keys and values, so a token costs one position's work instead of the whole context's. The
-cache is preallocated for block_size positions and written in place.
+cache is preallocated for block_size positions and written in place. On CPU a one-position step is
+one call of the C++ extension (fastgpt.decode), with the model's weights or, with dtype "bfloat16"
+or "int8", narrower copies of them.
 
 Position embeddings are absolute and learned, so a context longer than block_size cannot just
 keep growing. Two ways past it:
