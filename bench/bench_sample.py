@@ -1,20 +1,26 @@
-"""Sampling speed: characters per second with the KV cache against the lecture's loop.
+"""Sampling speed: characters per second with the KV cache and the one-call C++ step against the
+lecture's loop, side by side in one run.
 
-    pytest bench/bench_sample.py --benchmark-columns=median,rounds
+    FASTGPT_BENCH_THREADS=2 pytest bench/bench_sample.py --benchmark-columns=median,rounds \\
+        --benchmark-json=sample.json && python -m bench.ratios sample.json
 
-A `gpu`-preset-sized model (vocab 65, block 256, n_embd 384, n_head 6, n_layer 6; random weights,
-which cost the same as trained ones) draws `chars` characters after a one-character prompt, for
-1 or 16 samples at once. `extra_info` holds the characters per second over all samples
-(samples × chars / median time). The baseline is the lecture's `generate`
-(bench/lecture_gpt.py), which runs the whole context through the model for every character; with
-16 samples it takes minutes per 256 characters on 2 CPU threads, so there it is timed over the first
-64 characters, against the cache over the same 64. bench/conftest.py sets torch's thread count:
-2, or $FASTGPT_BENCH_THREADS.
+A `gpu`-preset-sized model (vocab 65, block 256, n_embd 384, n_head 6, n_layer 6, ~10.8 M
+parameters; random weights, which cost the same as trained ones) draws `chars` characters after a
+one-character prompt, for 1, 8, 16 or 32 samples at once, with float32, bfloat16 or int8 weights in
+the per-character steps. `extra_info` holds the characters per second over all samples
+(samples × chars / median time) and, at one sample, the bytes of weights read per second
+(weight bytes × chars per second), to set against the machine's memory bandwidth. 255 characters
+fill the block exactly: every one of them is a cached step. The baseline is the lecture's
+`generate` (bench/lecture_gpt.py), which runs the whole context through the model for every
+character; with several samples it is timed over the first 64 characters, against the cache over
+the same 64. bench/conftest.py sets torch's thread count: 2, or $FASTGPT_BENCH_THREADS.
+Benchmark ids end with the provider (float32, bfloat16, int8, lecture), as bench.ratios reads them.
 """
 import pytest
 import torch
 
 from bench.lecture_gpt import GPTLanguageModel
+from fastgpt.decode import Decoder
 from fastgpt.model import GPT, GPTConfig
 
 SIZE = dict(vocab_size=65, block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2)
@@ -30,29 +36,56 @@ def lecture_model():
     return GPTLanguageModel(**SIZE).eval()
 
 
-def chars_per_second(benchmark, generate, samples: int, chars: int, rounds: int) -> None:
+def weight_bytes(model, dtype) -> int:
+    """Bytes of weight matrices and vectors one step reads (the embeddings: one row each)."""
+    decoder = Decoder(model, model.kv_cache(1), dtype)
+    embeddings = 2 * model.config.n_embd * decoder.params[0].element_size()
+    return embeddings + sum(t.numel() * t.element_size() for t in decoder.params[2:] + decoder.scales)
+
+
+def chars_per_second(benchmark, generate, samples: int, chars: int, rounds: int) -> float:
     prompt = torch.zeros(samples, 1, dtype=torch.long)
     generate(prompt, 1)  # warm-up: first-call allocations and kernel choices
     out = benchmark.pedantic(generate, args=(prompt, chars), rounds=rounds, iterations=1)
     assert out.shape == (samples, 1 + chars)
-    benchmark.extra_info.update(samples=samples, chars=chars,
-                                chars_per_s=samples * chars / benchmark.stats.stats.median)
+    rate = samples * chars / benchmark.stats.stats.median
+    benchmark.extra_info.update(samples=samples, chars=chars, chars_per_s=rate)
+    return rate
 
 
 # Rounds: 3 where a round takes seconds; 1 where the work is a full pass per character (the exact
 # window past block_size, the lecture's loop), which takes minutes on a shared 2-core machine.
-@pytest.mark.parametrize("samples,chars,window,rounds", [
-    (1, 256, "exact", 3), (1, 500, "exact", 1), (1, 500, "slide", 3),
-    (16, 64, "exact", 3), (16, 256, "exact", 3), (16, 500, "exact", 1), (16, 500, "slide", 3),
+@pytest.mark.parametrize("samples,chars,window,rounds,dtype", [
+    (1, 255, "exact", 3, "float32"), (1, 255, "exact", 3, "bfloat16"), (1, 255, "exact", 3, "int8"),
+    (1, 500, "exact", 1, "float32"), (1, 500, "slide", 3, "float32"),
+    (8, 64, "exact", 3, "float32"), (16, 64, "exact", 3, "float32"),
+    (8, 255, "exact", 3, "float32"), (8, 255, "exact", 3, "bfloat16"),
+    (32, 255, "exact", 3, "float32"), (32, 255, "exact", 3, "bfloat16"),
+    (16, 500, "slide", 3, "float32"),
 ])
-def test_cached(benchmark, model, samples, chars, window, rounds):
-    benchmark.group = f"{samples} samples, {chars} chars"
-    chars_per_second(benchmark, lambda idx, n: model.generate(idx, n, seed=0, window=window),
-                     samples, chars, rounds)
+def test_cached(benchmark, model, samples, chars, window, rounds, dtype):
+    benchmark.group = f"{samples} samples, {chars} chars, window {window}"
+    weights = None if dtype == "float32" else dtype
+    rate = chars_per_second(benchmark, lambda idx, n: model.generate(idx, n, seed=0, window=window,
+                                                                     dtype=weights),
+                            samples, chars, rounds)
+    if samples == 1:
+        benchmark.extra_info["weight_bytes_per_s"] = weight_bytes(model, weights) * rate
 
 
-@pytest.mark.parametrize("samples,chars", [(1, 256), (1, 500), (16, 64)])
-def test_lecture_loop(benchmark, lecture_model, samples, chars):
-    benchmark.group = f"{samples} samples, {chars} chars"
+@pytest.mark.parametrize("samples,chars,provider", [(1, 255, "lecture"), (1, 500, "lecture"),
+                                                     (8, 64, "lecture"), (16, 64, "lecture")])
+def test_lecture_loop(benchmark, lecture_model, samples, chars, provider):
+    benchmark.group = f"{samples} samples, {chars} chars, window exact"
     with torch.no_grad():
         chars_per_second(benchmark, lecture_model.generate, samples, chars, rounds=1)
+
+
+def test_memory_bandwidth(benchmark):
+    """The limit a one-sample step is held against: a copy of 256 MiB, far past the caches; bytes
+    read plus written per second."""
+    src = torch.randn(64 * 2**20)
+    dst = torch.empty_like(src)
+    benchmark.group = "memory bandwidth"
+    benchmark.pedantic(dst.copy_, args=(src,), rounds=10, warmup_rounds=1)
+    benchmark.extra_info["bytes_per_s"] = 2 * src.numel() * src.element_size() / benchmark.stats.stats.median

@@ -6,14 +6,14 @@
 // that is still fast, with no host-specific build flag. These functions check their inputs, read
 // and write them in place where they can (any strides with contiguous rows of D elements, in the
 // compute dtype: float32, or float64 for float64; bfloat16 is computed in float32 through buffers),
-// and spread the (batch·head, block) tasks over at::parallel_for. fastgpt/attention/cpu.py registers them as the
-// CPU kernels of the fastgpt::causal_attention ops.
+// and spread the (batch·head, block) tasks over at::parallel_for. fastgpt/attention/cpu.py registers
+// them as the CPU kernels of the fastgpt::causal_attention ops. decode.cpp adds the sampling step,
+// bound here too.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -21,71 +21,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "attention_common.h"
-
-// The kernels pass kLanes-wide vectors between inline functions only; GCC's note that such
-// arguments would change the ABI of an out-of-line call does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-#define FASTGPT_ISA baseline
-#define FASTGPT_AVX2_INTRINSICS 0
-#define FASTGPT_AVX512_INTRINSICS 0
-#include "attention_kernels.h"
-#undef FASTGPT_AVX512_INTRINSICS
-#undef FASTGPT_AVX2_INTRINSICS
-#undef FASTGPT_ISA
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define FASTGPT_HAVE_X86_COPIES 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define FASTGPT_ISA avx2
-#define FASTGPT_AVX2_INTRINSICS 1
-#define FASTGPT_AVX512_INTRINSICS 0
-#include "attention_kernels.h"
-#undef FASTGPT_AVX512_INTRINSICS
-#undef FASTGPT_AVX2_INTRINSICS
-#undef FASTGPT_ISA
-#pragma GCC pop_options
-
-// AVX-512 (F, BW, DQ, VL): Philox runs on one 512-bit register of eight 64-bit lanes, and the
-// 256-bit float vectors get 32 registers, masked moves and three-way logic (vpternlog).
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
-#define FASTGPT_ISA avx512
-#define FASTGPT_AVX2_INTRINSICS 1
-#define FASTGPT_AVX512_INTRINSICS 1
-#include "attention_kernels.h"
-#undef FASTGPT_AVX512_INTRINSICS
-#undef FASTGPT_AVX2_INTRINSICS
-#undef FASTGPT_ISA
-#pragma GCC pop_options
-#endif
+#define FASTGPT_KERNELS "attention_kernels.h"
+#include "isa_copies.h"
 
 namespace fastgpt {
 namespace {
 
 using at::Tensor;
-
-enum class IsaLevel { baseline, avx2, avx512 };
-const char* const kIsaNames[] = {"baseline", "avx2+fma", "avx512"};
-
-IsaLevel best_isa() {
-#ifdef FASTGPT_HAVE_X86_COPIES
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return IsaLevel::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IsaLevel::avx2;
-#endif
-  return IsaLevel::baseline;
-}
-
-// The copy the kernels run: the best this CPU has, unless set_instruction_set chose a lower one.
-std::atomic<IsaLevel>& isa_in_use() {
-  static std::atomic<IsaLevel> level{best_isa()};
-  return level;
-}
 
 // Runs `f` with the kernels compiled for the best instruction set this CPU has.
 template <typename F>
@@ -319,10 +261,14 @@ void set_instruction_set(const std::string& name) {
               kIsaNames[static_cast<int>(best_isa())], ")");
 }
 
+// decode.cpp
+Tensor decode_step(const Tensor& tokens, int64_t pos, const std::vector<Tensor>& params,
+                   const std::vector<Tensor>& scales, const std::vector<Tensor>& cache, int64_t n_head, double eps);
+
 }  // namespace fastgpt
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastgpt's fused causal attention on CPU";
+  m.doc() = "fastgpt's fused causal attention, residual dropout and sampling step on CPU";
   m.def("forward", &fastgpt::forward, "(q, k, v, out, dropout_p, seed) -> lse; writes out");
   m.def("backward", &fastgpt::backward,
         "(grad_out, q, k, v, out, lse, dq, dk, dv, dropout_p, seed) -> None; writes dq, dk, dv");
@@ -332,4 +278,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("instruction_set", &fastgpt::instruction_set, "the instruction set the kernels use on this CPU");
   m.def("set_instruction_set", &fastgpt::set_instruction_set,
         "run the kernels compiled for this instruction set (baseline, avx2+fma, avx512), at most the CPU's best");
+  m.def("decode_step", &fastgpt::decode_step,
+        "(tokens, pos, params, scales, cache, n_head, eps) -> logits (N, vocab): one sampling step");
 }

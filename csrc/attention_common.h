@@ -12,6 +12,10 @@ constexpr int kKeyBlock = 64;    // keys per tile: K^T and V^T of a tile stay in
 constexpr int kQueryBlock = 32;  // query rows per forward task
 constexpr int kRowGroup = 4;     // query rows that share each load of a key tile
 
+// What the decode step's linear kernel does with each output: y = out, y = relu(out), or y += out
+// (a residual connection).
+enum class Epilogue { kStore, kRelu, kAdd };
+
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
 // One (batch, head) slice of a (B, H, T, D) tensor whose rows of D elements are contiguous: row i

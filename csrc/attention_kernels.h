@@ -13,38 +13,21 @@
 // by 1/sqrt(D). Dropout multiplies the probabilities by 1/(1 - p_eff) or 0, the keep bit being a pure
 // function of (seed, b·H + h, i, j) (one Philox-4x32 call per 8 columns, see attention_common.h).
 
+#include "vector_ops.h"
+
 namespace fastgpt {
 namespace FASTGPT_ISA {
 
 // ---------------------------------------------------------------------------------------------
-// Vector helpers. FASTGPT_AVX2_INTRINSICS says whether this copy may use AVX2 intrinsics.
+// Vector helpers (load, store, splat, horizontal_sum: vector_ops.h). FASTGPT_AVX2_INTRINSICS says
+// whether this copy may use AVX2 intrinsics.
 // ---------------------------------------------------------------------------------------------
-
-template <typename T>
-inline Vec<T> load(const T* p) {
-  Vec<T> x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-
-template <typename T>
-inline void store(T* p, Vec<T> x) { std::memcpy(p, &x, sizeof(x)); }
-
-template <typename T>
-inline Vec<T> splat(T x) { return Vec<T>{} + x; }
 
 template <typename T>
 inline Vec<T> lane_index() {
   Vec<T> x;
   for (int u = 0; u < kLanes; ++u) x[u] = static_cast<T>(u);
   return x;
-}
-
-template <typename T>
-inline T horizontal_sum(Vec<T> x) {
-  T sum = 0;
-  for (int u = 0; u < kLanes; ++u) sum += x[u];
-  return sum;
 }
 
 // Philox works on 32-bit words; each is held in the low half of a 64-bit lane, so that one

@@ -3,7 +3,9 @@
 The prompt (its last block_size tokens) goes through the model once, through the usual attention
 dispatch point, filling a `KVCache`; each new token is then one position: its query attends to the
 cached keys and values, so a token costs one position's work instead of the whole context's. The
-cache is preallocated for block_size positions and written in place.
+cache is preallocated for block_size positions and written in place. On CPU a one-position step is
+one call of the C++ extension (fastgpt.decode), with the model's weights or, with dtype "bfloat16"
+or "int8", narrower copies of them.
 
 Position embeddings are absolute and learned, so a context longer than block_size cannot just
 keep growing. Two ways past it:
@@ -27,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastgpt.decode import DTYPES, one_position_step
+
 WINDOWS = ("exact", "slide")
 
 
 def check_options(vocab_size: int, max_new_tokens: int, temperature: float, top_k: Optional[int],
-                  top_p: Optional[float], greedy: bool, window: str) -> None:
+                  top_p: Optional[float], greedy: bool, window: str, dtype: Optional[str] = None) -> None:
     """ValueError naming the first option out of range; the message starts with the option's name."""
     if max_new_tokens < 0:
         raise ValueError(f"max-new-tokens must not be negative, got {max_new_tokens}")
@@ -44,6 +48,8 @@ def check_options(vocab_size: int, max_new_tokens: int, temperature: float, top_
         raise ValueError(f"top-p must be in (0, 1], got {top_p}")
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} or None (the model's), got {dtype!r}")
 
 
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -73,48 +79,50 @@ def draw(logits: Tensor, generators: Optional[list[torch.Generator]]) -> Tensor:
                       for p, g in zip(probs, generators)])
 
 
-def next_logits(model, cache, tokens: Tensor, window: str) -> Tensor:
-    """Logits (B, 1, V) for the position after `tokens` (B, T), whose last token the cache lacks."""
+def refill(model, cache, tokens: Tensor, window: str) -> Tensor:
+    """Logits (B, V) for the position after `tokens` (B, T) when the cache is full: the cache is
+    filled again, in one pass, with the last tokens that the window keeps."""
     block_size = model.config.block_size
-    if cache.length < block_size:
-        return model(tokens[:, -1:], cache=cache)[0]
     keep = block_size if window == "exact" else block_size // 2 + 1
     cache.clear()
-    return model(tokens[:, -keep:], cache=cache)[0]
+    return model(tokens[:, -keep:], cache=cache)[0][:, -1]
 
 
 def generate_tokens(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, *, top_p: Optional[float] = None,
                     greedy: bool = False, seed: Optional[int] = None,
-                    window: str = "exact") -> Iterator[Tensor]:
+                    window: str = "exact", dtype: Optional[str] = None) -> Iterator[Tensor]:
     """An iterator over `max_new_tokens` tokens (B,) following idx (B, T), each yielded as soon as
     it is drawn. greedy takes the most likely token (temperature, top_k, top_p then play no part).
-    The options are checked here, before the first token."""
-    check_options(model.config.vocab_size, max_new_tokens, temperature, top_k, top_p, greedy, window)
+    dtype "bfloat16" or "int8" stores the weights narrower for the one-position steps (see
+    fastgpt.decode). The options are checked here, before the first token."""
+    check_options(model.config.vocab_size, max_new_tokens, temperature, top_k, top_p, greedy, window,
+                  dtype)
     if model.training:
         raise ValueError("sampling runs without dropout: call model.eval() first")
     generators = None
     if seed is not None:
         generators = [torch.Generator(idx.device).manual_seed(seed + i) for i in range(idx.size(0))]
+    cache = model.kv_cache(idx.size(0))
+    with torch.no_grad():
+        step = one_position_step(model, cache, dtype)
     return _draw_tokens(model, idx, max_new_tokens, greedy, generators, window,
-                        dict(temperature=temperature, top_k=top_k, top_p=top_p))
+                        dict(temperature=temperature, top_k=top_k, top_p=top_p), cache, step)
 
 
 @torch.no_grad()
-def _draw_tokens(model, idx, max_new_tokens, greedy, generators, window, filters):
+def _draw_tokens(model, idx, max_new_tokens, greedy, generators, window, filters, cache, step):
     B, T = idx.shape
+    block_size = model.config.block_size
     tokens = idx.new_empty(B, T + max_new_tokens)  # the prompt and every token drawn so far
     tokens[:, :T] = idx
-    cache = model.kv_cache(B)
     for t in range(T, T + max_new_tokens):
         if t == T:
-            logits = model(idx[:, -model.config.block_size:], cache=cache)[0]
+            logits = model(idx[:, -block_size:], cache=cache)[0][:, -1]  # (B, V)
+        elif cache.length < block_size:
+            logits = step(token)
         else:
-            logits = next_logits(model, cache, tokens[:, :t], window)
-        logits = logits[:, -1, :]  # (B, V)
-        if greedy:
-            token = logits.argmax(dim=-1)
-        else:
-            token = draw(filter_logits(logits, **filters), generators)
+            logits = refill(model, cache, tokens[:, :t], window)
+        token = logits.argmax(dim=-1) if greedy else draw(filter_logits(logits, **filters), generators)
         tokens[:, t] = token
         yield token

@@ -12,13 +12,15 @@ seed. An empty prompt starts from the first symbol of the vocabulary, as the lec
 import argparse
 import os
 import sys
+import time
 
 import torch
 
 from fastgpt.checkpoint import load
 from fastgpt.cli import (ATTENTION_CHOICES, DEVICE_HELP, UserError, check_positive, pick_device,
                          run_cli)
-from fastgpt.generate import WINDOWS, check_options
+from fastgpt.decode import DTYPES
+from fastgpt.generate import WINDOWS
 
 SEPARATOR = "---------------"
 INCOMPLETE = "\ufffd"  # what decoding part of a multi-byte character gives
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "characters at every step (a full pass per character); slide = "
                              "restart from the last block_size/2 every block_size/2 characters, "
                              "an approximation that stays fast")
+    parser.add_argument("--dtype", choices=("float32",) + DTYPES, default="float32",
+                        help="weights of the per-character steps: bfloat16 or int8 read half or a "
+                             "quarter of float32's bytes per character, with logits close to "
+                             "float32's (default: float32)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--attention", choices=ATTENTION_CHOICES, default=None,
                         help="attention backend for the prompt (default: the checkpoint's)")
@@ -73,25 +79,32 @@ def main(argv=None) -> None:
     check_positive("--num-samples", args.num_samples)
     device = pick_device(args.device)
     model, tokenizer = load(args.checkpoint or args.out_dir, device, args.attention)
-    try:
-        check_options(model.config.vocab_size, args.max_new_tokens, args.temperature, args.top_k,
-                      args.top_p, args.greedy, args.window)
-    except ValueError as e:
-        raise UserError(f"--{e}") from None
     prompt = encode_prompt(tokenizer, args.prompt)
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)  # (N, T)
-    tokens = model.generate_tokens(idx, args.max_new_tokens, args.temperature, args.top_k,
-                                   top_p=args.top_p, greedy=args.greedy, seed=args.seed,
-                                   window=args.window)
+    start = time.perf_counter()
     try:
-        write_samples(tokenizer, prompt, tokens, sys.stdout)
+        tokens = model.generate_tokens(idx, args.max_new_tokens, args.temperature, args.top_k,
+                                       top_p=args.top_p, greedy=args.greedy, seed=args.seed,
+                                       window=args.window,
+                                       dtype=None if args.dtype == "float32" else args.dtype)
+    except ValueError as e:  # an option out of range, or int8 where the C++ step cannot run
+        raise UserError(f"--{e}") from None
+    try:
+        chars = write_samples(tokenizer, prompt, tokens, sys.stdout)
     except BrokenPipeError:
         # The reader has gone (`| head`): stop quietly, as a Unix filter does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    if sys.stdout.isatty():  # on stderr: piped or redirected output stays the samples alone
+        seconds = time.perf_counter() - start
+        print(f"{chars} characters in {seconds:.2f} s: {chars / seconds:.0f} chars/s "
+              f"({args.num_samples} samples, {args.dtype}, {device}, {torch.get_num_threads()} threads)",
+              file=sys.stderr)
 
 
-def write_samples(tokenizer, prompt: list[int], tokens, out) -> None:
-    """Stream the first sample as its tokens (N,) arrive, then the others, after separators."""
+def write_samples(tokenizer, prompt: list[int], tokens, out) -> int:
+    """Stream the first sample as its tokens (N,) arrive, then the others, after separators.
+    Returns the number of characters drawn, over all samples."""
     out.write(tokenizer.decode(prompt))
     out.flush()
     drawn, pending = [], []  # pending: tokens that end inside a character (byte-level BPE)
@@ -104,9 +117,11 @@ def write_samples(tokenizer, prompt: list[int], tokens, out) -> None:
             out.flush()
             pending = []
     out.write(tokenizer.decode(pending) + "\n")
-    for others in torch.stack(drawn, dim=1)[1:].tolist():  # (N - 1, max_new_tokens)
+    samples = torch.stack(drawn, dim=1).tolist() if drawn else [[]]  # (N, max_new_tokens)
+    for others in samples[1:]:
         out.write(f"{SEPARATOR}\n{tokenizer.decode(prompt + others)}\n")
     out.flush()
+    return sum(len(tokenizer.decode(sample)) for sample in samples)
 
 if __name__ == "__main__":
     run_cli(main)

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastgpt import generate
+from fastgpt.decode import one_position_step
 from fastgpt.generate import check_options, draw, filter_logits
 from fastgpt.model import GPT, GPTConfig
 
@@ -96,23 +98,38 @@ def test_cache_is_written_in_place():
     assert buffers == [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in caches[0].layers]
 
 
-def positions_per_pass(model, **options):
-    """How many positions each forward pass of a generation runs."""
-    passes = []
+def positions_per_pass(model, monkeypatch, **options):
+    """How many positions each pass of a generation runs: the model's full passes, and 1 for each
+    one-position step (fastgpt.decode's, whether the C++ step or the model's forward takes it)."""
+    passes, in_step = [], []
     forward = model.forward
-    model.forward = lambda idx, **kw: passes.append(idx.size(1)) or forward(idx, **kw)
+    model.forward = lambda idx, **kw: in_step or passes.append(idx.size(1)) or forward(idx, **kw)
+
+    def counted(model, cache, dtype):
+        step = one_position_step(model, cache, dtype)
+
+        def counted_step(token):
+            passes.append(1)
+            in_step.append(True)
+            try:
+                return step(token)
+            finally:
+                in_step.clear()
+        return counted_step
+
+    monkeypatch.setattr(generate, "one_position_step", counted)
     model.generate(prompt(1, 3), 3 * BLOCK, **options)
     return passes
 
 
-def test_decoding_is_one_position_per_token_until_block_size():
-    passes = positions_per_pass(tiny_model())
+def test_decoding_is_one_position_per_token_until_block_size(monkeypatch):
+    passes = positions_per_pass(tiny_model(), monkeypatch)
     assert passes[:BLOCK - 2] == [3] + [1] * (BLOCK - 3)  # prompt, then one position per token
     assert passes[BLOCK - 2:] == [BLOCK] * (2 * BLOCK + 2)  # exact: the cropped window every token
 
 
-def test_slide_window_refills_every_half_block():
-    passes = positions_per_pass(tiny_model(), window="slide")
+def test_slide_window_refills_every_half_block(monkeypatch):
+    passes = positions_per_pass(tiny_model(), monkeypatch, window="slide")
     half = BLOCK // 2
     assert passes[:BLOCK - 2] == [3] + [1] * (BLOCK - 3)
     assert passes[BLOCK - 2:] == ([half + 1] + [1] * (half - 1)) * 4 + [half + 1, 1]
@@ -234,10 +251,11 @@ def test_draw_with_generators_is_per_row():
     (dict(top_p=0.0), "top-p"),
     (dict(top_p=1.5), "top-p"),
     (dict(window="wrap"), "window"),
+    (dict(dtype="float16"), "dtype"),
 ])
 def test_bad_options_are_refused(options, message):
     given = dict(max_new_tokens=5, temperature=1.0, top_k=None, top_p=None, greedy=False,
-                 window="exact") | options
+                 window="exact", dtype=None) | options
     with pytest.raises(ValueError, match=message):
         check_options(VOCAB, **given)
     with pytest.raises(ValueError, match=message):

@@ -56,6 +56,8 @@ def test_samples_are_the_api_draws_with_seed_plus_i(out_dir, capsys):
 @pytest.mark.parametrize("flags,options", [
     (["--greedy"], dict(greedy=True)),
     (["--top-p", 0.7, "--window", "slide"], dict(top_p=0.7, window="slide")),
+    (["--dtype", "bfloat16"], dict(dtype="bfloat16")),
+    (["--dtype", "int8", "--greedy"], dict(dtype="int8", greedy=True)),
 ])
 def test_sampling_flags_reach_the_api(out_dir, capsys, flags, options):
     out = sample(capsys, "--checkpoint", out_dir / checkpoint.BEST, "--prompt", "what",
@@ -73,14 +75,17 @@ def test_empty_prompt_starts_from_the_first_vocabulary_symbol(out_dir, capsys):
 class RecordingStdout:
     """Stands in for sys.stdout and remembers what had been written at each flush."""
 
-    def __init__(self):
-        self.text, self.flushed = "", []
+    def __init__(self, terminal=False):
+        self.text, self.flushed, self.terminal = "", [], terminal
 
     def write(self, s):
         self.text += s
 
     def flush(self):
         self.flushed.append(self.text)
+
+    def isatty(self):
+        return self.terminal
 
 
 def test_the_first_sample_is_streamed_character_by_character(out_dir, monkeypatch):
@@ -90,6 +95,15 @@ def test_the_first_sample_is_streamed_character_by_character(out_dir, monkeypatc
     streamed = stdout.flushed[:13]  # the prompt, then one flush per character
     assert [len(s) for s in streamed] == list(range(2, 15))
     assert stdout.text.startswith(streamed[-1])
+
+
+def test_a_terminal_gets_the_speed_on_stderr(out_dir, monkeypatch, capsys):
+    stdout = RecordingStdout(terminal=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    main(["--out-dir", str(out_dir), "--max-new-tokens", "12", "--num-samples", "3"])
+    report = capsys.readouterr().err
+    assert report.startswith("36 characters in ") and " chars/s (3 samples, float32, cpu, " in report
+    assert "chars/s" not in stdout.text
 
 
 def test_command_line_end_to_end(out_dir):

@@ -1,0 +1,74 @@
+// Compiles the kernel header named by FASTGPT_KERNELS three times: for the baseline x86-64/ARM
+// target (namespace fastgpt::baseline) and, with GCC on x86-64, for AVX2 + FMA (fastgpt::avx2) and
+// AVX-512 (fastgpt::avx512). isa_in_use() says at run time which copy to call: a portable build that
+// is still fast, with no host-specific build flag. Include it once per .cpp file, after the torch
+// headers and with FASTGPT_KERNELS defined as a quoted header name.
+#pragma once
+
+#include <atomic>
+
+#include "attention_common.h"
+
+// The kernels pass kLanes-wide vectors between inline functions only; GCC's note that such
+// arguments would change the ABI of an out-of-line call does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define FASTGPT_ISA baseline
+#define FASTGPT_AVX2_INTRINSICS 0
+#define FASTGPT_AVX512_INTRINSICS 0
+#include FASTGPT_KERNELS
+#undef FASTGPT_AVX512_INTRINSICS
+#undef FASTGPT_AVX2_INTRINSICS
+#undef FASTGPT_ISA
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define FASTGPT_HAVE_X86_COPIES 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FASTGPT_ISA avx2
+#define FASTGPT_AVX2_INTRINSICS 1
+#define FASTGPT_AVX512_INTRINSICS 0
+#include FASTGPT_KERNELS
+#undef FASTGPT_AVX512_INTRINSICS
+#undef FASTGPT_AVX2_INTRINSICS
+#undef FASTGPT_ISA
+#pragma GCC pop_options
+
+// AVX-512 (F, BW, DQ, VL): Philox runs on one 512-bit register of eight 64-bit lanes, and the
+// 256-bit float vectors get 32 registers, masked moves and three-way logic (vpternlog).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+#define FASTGPT_ISA avx512
+#define FASTGPT_AVX2_INTRINSICS 1
+#define FASTGPT_AVX512_INTRINSICS 1
+#include FASTGPT_KERNELS
+#undef FASTGPT_AVX512_INTRINSICS
+#undef FASTGPT_AVX2_INTRINSICS
+#undef FASTGPT_ISA
+#pragma GCC pop_options
+#endif
+
+namespace fastgpt {
+
+enum class IsaLevel { baseline, avx2, avx512 };
+inline const char* const kIsaNames[] = {"baseline", "avx2+fma", "avx512"};
+
+inline IsaLevel best_isa() {
+#ifdef FASTGPT_HAVE_X86_COPIES
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return IsaLevel::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IsaLevel::avx2;
+#endif
+  return IsaLevel::baseline;
+}
+
+// The copy every kernel runs: the best this CPU has, unless set_instruction_set chose a lower one.
+// One variable for the whole extension (an inline function's static is shared by every .cpp).
+inline std::atomic<IsaLevel>& isa_in_use() {
+  static std::atomic<IsaLevel> level{best_isa()};
+  return level;
+}
+
+}  // namespace fastgpt

@@ -1,0 +1,137 @@
+"""The sampling step in one call: one new position per sequence through the whole model, its keys
+and values appended to the `KVCache`, by the C++ extension (`fastgpt._C.decode_step`, csrc/decode.cpp).
+
+At a few sequences a step reads every weight once for two flops each (~43 MB at the lecture's
+GPU size in float32), so memory bandwidth is the limit; the PyTorch modules spend most of a step on
+the ~100 operator calls around those reads instead. `dtype` stores the weight matrices narrower for
+the steps, fewer bytes per token: "bfloat16" (rounded to nearest) or "int8" (symmetric, one float
+scale per output row). Activations, sums, LayerNorm, softmax and the cache stay in the model's dtype,
+and full passes (the prompt, the exact window's refills) run the model as it is.
+
+Where the extension cannot run (not built, not a CPU model, a head size that is not a multiple of
+8), `one_position_step` runs the model's own forward instead, under torch.autocast for "bfloat16".
+"""
+import weakref
+from contextlib import nullcontext
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+try:
+    from fastgpt import _C
+    _IMPORT_ERROR: Optional[str] = None
+except ImportError as error:  # built without the extension: the model's forward takes the steps
+    _C = None
+    _IMPORT_ERROR = f"the C++ extension fastgpt._C is not built ({error})"
+
+DTYPES = ("bfloat16", "int8")  # besides None: the model's own weights
+
+
+def unsupported(model, dtype: Optional[str] = None) -> Optional[str]:
+    """Why the C++ step cannot run this model, or None when it can."""
+    weight = model.token_embedding.weight
+    head_size = model.config.n_embd // model.config.n_head
+    if _C is None:
+        return _IMPORT_ERROR
+    if weight.device.type != "cpu":
+        return f"the C++ step runs on CPU, not {weight.device.type}"
+    if weight.dtype not in (torch.float32, torch.float64):
+        return f"the C++ step runs float32 or float64 models, not {weight.dtype}"
+    if dtype is not None and weight.dtype != torch.float32:
+        return f"{dtype} weights need a float32 model, not {weight.dtype}"
+    if head_size % 8:
+        return f"the C++ step needs a head size that is a multiple of 8, not {head_size}"
+    return None
+
+
+def one_position_step(model, cache, dtype: Optional[str] = None) -> Callable[[Tensor], Tensor]:
+    """A function from the next token (B,) of each sequence, not yet in `cache`, to the logits
+    (B, vocab) of the position after it; it appends the token's keys and values to the cache."""
+    reason = unsupported(model, dtype)
+    if reason is None:
+        return Decoder(model, cache, dtype)
+    if dtype == "int8":
+        raise ValueError(f"dtype int8 needs the C++ step, and {reason}; use bfloat16")
+    weight = model.token_embedding.weight
+    low_precision = dtype == "bfloat16" and weight.dtype != torch.bfloat16
+    context = torch.autocast(weight.device.type, torch.bfloat16) if low_precision else nullcontext()
+
+    def step(token: Tensor) -> Tensor:
+        with context:
+            return model(token[:, None], cache=cache)[0][:, -1].to(weight.dtype)
+
+    return step
+
+
+def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per output row: weight (M, K) ≈ q · scale[:, None], |q| <= 127."""
+    scale = weight.abs().amax(dim=1).clamp_min(torch.finfo(weight.dtype).tiny) / 127
+    return torch.round(weight / scale[:, None]).to(torch.int8), scale.contiguous()
+
+
+def pack(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
+    """The model's tensors in the order csrc/decode.cpp reads them, weight matrices in `dtype`,
+    and the int8 row scales (one per matrix, the head's last; none otherwise)."""
+    scales: list[Tensor] = []
+
+    def matrix(linear) -> Tensor:
+        weight = linear.weight.detach()
+        if dtype == "bfloat16":
+            return weight.to(torch.bfloat16).contiguous()
+        if dtype == "int8":
+            quantized, scale = quantize_int8(weight)
+            scales.append(scale)
+            return quantized
+        return weight.contiguous()
+
+    def vector(p) -> Tensor:
+        return p.detach().contiguous()
+
+    params = [vector(model.token_embedding.weight), vector(model.position_embedding.weight),
+              vector(model.ln_f.weight), vector(model.ln_f.bias), None, vector(model.lm_head.bias)]
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        assert attn.qkv.bias is None, "the qkv projection has no bias"
+        params += [vector(block.ln1.weight), vector(block.ln1.bias), matrix(attn.qkv),
+                   matrix(attn.proj), vector(attn.proj.bias), vector(block.ln2.weight),
+                   vector(block.ln2.bias), matrix(mlp.fc), vector(mlp.fc.bias), matrix(mlp.proj),
+                   vector(mlp.proj.bias)]
+    params[4] = matrix(model.lm_head)  # packed last: its scales come last
+    return params, scales
+
+
+# Packed narrow weights of each model, reused by later generations while every parameter is the
+# same tensor at the same version (an optimizer step or a load_state_dict changes one of them).
+_packed: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def packed(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
+    if dtype is None:
+        return pack(model, dtype)  # views of the parameters: nothing to keep
+    state = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    kept = _packed.setdefault(model, {})
+    if kept.get(dtype, (None,))[0] != state:
+        kept[dtype] = (state, pack(model, dtype))
+    return kept[dtype][1]
+
+
+class Decoder:
+    """The model's tensors packed for `fastgpt._C.decode_step`, bound to one cache; calling it
+    takes one step."""
+
+    def __init__(self, model, cache, dtype: Optional[str] = None):
+        self.cache = cache
+        self.n_head = model.config.n_head
+        norms = [model.ln_f] + [norm for block in model.blocks for norm in (block.ln1, block.ln2)]
+        assert len({norm.eps for norm in norms}) == 1, "one LayerNorm eps for the whole model"
+        self.eps = norms[0].eps
+        self.params, self.scales = packed(model, dtype)
+        self.kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+
+    def __call__(self, token: Tensor) -> Tensor:
+        pos = self.cache.length
+        logits = _C.decode_step(token, pos, self.params, self.scales, self.kv, self.n_head, self.eps)
+        for layer in self.cache.layers:
+            layer.length = pos + 1
+        return logits
