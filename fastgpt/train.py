@@ -37,11 +37,13 @@ from fastgpt.precision import Precision
 from fastgpt.tokenizer import CharTokenizer
 
 METRICS, PLOT = "metrics.jsonl", "loss.png"
-# What a run writes in out_dir, in the order of each evaluation: best.pt (when val improves), then
-# last.pt, then a row of metrics.jsonl, then loss.png. So a run can be resumed once last.pt exists;
-# before that (a run killed in its first evaluation) out_dir holds at most best.pt, metrics.jsonl
-# and loss.png of an unfinished first checkpoint, which a plain rerun of the command removes.
-RUN_FILES = (checkpoint.BEST, checkpoint.LAST, METRICS, PLOT)
+# What a run writes in out_dir, in the order of each evaluation: best.pt (when val improves), a
+# row of metrics.jsonl, loss.png, and last.pt, which commits the evaluation. So a run can be resumed
+# once last.pt exists, and a resumed run drops the metrics rows after last.pt's iteration (written
+# again); before the first last.pt (a run killed in its first evaluation) out_dir holds at most
+# best.pt, metrics.jsonl and loss.png of an unfinished first checkpoint, which a plain rerun of the
+# command removes.
+RUN_FILES = (checkpoint.BEST, METRICS, PLOT, checkpoint.LAST)
 # Files that show a directory without the marker was written by fastgpt (runs older than it).
 RUN_PROOF = (checkpoint.LAST, METRICS)
 # The model's shape; a resumed run must keep it. (`attention` says how it runs and may change.)
@@ -366,9 +368,9 @@ def read_metrics(path: Path) -> list[dict]:
 
 def resumed_metrics(path: Path, iteration: int) -> list[dict]:
     """The rows of metrics.jsonl a run resumed at `iteration` keeps: those of the evaluations
-    before it (and of it, unless it is 0, which the resumed run evaluates again). A last line
-    without its newline is an append that a kill cut short and goes; any other damage is a
-    UserError."""
+    up to it (not 0 itself, which a run resumed there evaluates again); later rows are of an
+    evaluation killed before its last.pt. A last line without its newline is an append that a kill
+    cut short and goes; any other damage is a UserError."""
     if not path.exists():
         return []
     try:
@@ -597,12 +599,12 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SING
         if losses["val"] < best:
             best = losses["val"]
             checkpoint.save(state, out_dir / checkpoint.BEST)
-        checkpoint.save(state, out_dir / checkpoint.LAST)
         val_bpc = bits_per_char(losses["val"], run.chars_per_token)
         append_metrics(out_dir / METRICS, {"iter": iteration, "train_loss": losses["train"],
                                            "val_loss": losses["val"], "val_bpc": val_bpc, "lr": lr,
                                            "tokens_per_s": tokens_per_s, "time": time.time()})
         plot_losses(read_metrics(out_dir / METRICS), out_dir / PLOT)
+        checkpoint.save(state, out_dir / checkpoint.LAST)  # last: see RUN_FILES
         return f"{val_bpc:.4f} bits/char"
 
     with claim_run_dir(out_dir, ckpt) if procs.is_main else nullcontext():
