@@ -6,6 +6,7 @@ Errors a user can cause are `UserError`s, raised where the problem is found and 
 asserts and tracebacks.
 """
 import math
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -83,3 +84,18 @@ def check_range(option: str, value, minimum=None, maximum=None, *, above: bool =
 
 def check_positive(option: str, value) -> None:
     check_range(option, value, 0, above=True)
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on `device`: the GPU's, or the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(what: str, needed: int, device: torch.device, fix: str) -> None:
+    """A UserError when `needed` bytes (an estimate of `what`) exceed the device's memory."""
+    available = device_memory(device)
+    if needed > available:
+        raise UserError(f"{what} needs at least {needed / 2**30:,.1f} GiB, more than the "
+                        f"{available / 2**30:,.1f} GiB of {device}; {fix}")

@@ -146,4 +146,5 @@ def validate(cfg: TrainConfig) -> None:
     except InvalidConfig as e:
         raise UserError(f"{flag(e.field)} {e.requirement}") from None
     if cfg.data is not None and cfg.dataset is not None:
-        raise UserError("--data and --dataset both name the training text; pass one of them")
+        raise UserError("--data (a text file) and --dataset (a prepared directory) exclude each "
+                        "other; pass only one of them")

@@ -19,6 +19,7 @@ from torch import Tensor
 from fastgpt import checkpoint
 from fastgpt.data import read_text
 from fastgpt.cli import UserError, run_cli
+from fastgpt.files import check_out_dir, claim_out_dir
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizer import CharTokenizer
 
@@ -132,23 +133,51 @@ def load_lecture_state_dict(path: Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state_dict; save the model with "
                         f"torch.save(model.state_dict(), path)")
+    for key, tensor in state.items():
+        # the causal mask buffer (.tril) is not converted, whatever it holds
+        problem = None if str(key).endswith(".tril") else tensor_problem(tensor)
+        if problem:
+            raise UserError(f"{path}: {key} {problem}; convert a state_dict saved from the "
+                            f"lecture's trained model")
     return state
 
 
+def tensor_problem(tensor: Tensor) -> Optional[str]:
+    """Why a tensor cannot be a weight of the model, or None."""
+    if tensor.layout != torch.strided:
+        return f"is a {tensor.layout} tensor, not a dense one"
+    if not tensor.is_floating_point():
+        return f"holds {tensor.dtype} values, not floating point ones"
+    if tensor.numel() == 0:
+        return f"is empty (shape {tuple(tensor.shape)})"
+    if not torch.isfinite(tensor).all():
+        return "holds NaN or infinite values"
+    return None
+
+
 def convert(lecture_path: Path, vocab_path: Path, out_dir: Path) -> Path:
-    """Write out_dir/best.pt from the lecture's state_dict and its training text; returns its path."""
+    """Write out_dir/best.pt from the lecture's state_dict and its training text; returns its path.
+    best.pt is written atomically and is the only file (with fastgpt.files.LOCK): a killed convert
+    leaves no best.pt, and its rerun converts again."""
     target = out_dir / checkpoint.BEST
-    if target.exists():
-        raise UserError(f"{target} already exists; pass another --out directory")
+    check_out_dir(out_dir, "--out")
+    check_not_written(target)
     state = load_lecture_state_dict(lecture_path)
     model = gpt_from_lecture(state, str(lecture_path))
-    tokenizer = CharTokenizer.from_text(read_text(vocab_path))
+    tokenizer = CharTokenizer.from_text(read_text(vocab_path, "--vocab"))
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"{vocab_path} has {tokenizer.vocab_size} distinct characters but the "
                         f"model's vocabulary has {model.config.vocab_size}; pass the text the "
                         f"model was trained on with --vocab")
-    checkpoint.save(checkpoint.make(model, tokenizer), target)
+    with claim_out_dir(out_dir, "--out", "convert", (checkpoint.BEST,)):
+        check_not_written(target)
+        checkpoint.save(checkpoint.make(model, tokenizer), target)
     return target
+
+
+def check_not_written(target: Path) -> None:
+    if target.exists():
+        raise UserError(f"{target} already exists; pass another --out directory")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -41,21 +41,26 @@ def shakespeare() -> str:
     return raw.decode("utf-8")
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """The text of a UTF-8 file, or a UserError saying what is wrong with it."""
+def read_text(path: str | os.PathLike, option: str = "--data") -> str:
+    """The text of a UTF-8 file, or a UserError saying what is wrong with it (`option` is the flag
+    that named it)."""
     path = Path(path)
+    fix = f"pass a UTF-8 text file with {option}"
     if not path.exists():
-        raise UserError(f"data file {path} does not exist; pass an existing UTF-8 text file with --data")
+        raise UserError(f"data file {path} does not exist; {fix}")
     if not path.is_file():
-        raise UserError(f"data path {path} is not a file; pass a UTF-8 text file with --data")
-    raw = path.read_bytes()
+        raise UserError(f"data path {path} is not a file; {fix}")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read data file {path} ({e.strerror}); {fix}") from None
     if not raw:
-        raise UserError(f"data file {path} is empty; pass a UTF-8 text file with --data")
+        raise UserError(f"data file {path} is empty; {fix}")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"data file {path} is not UTF-8 text (invalid byte at offset {e.start}); "
-                        f"convert it to UTF-8 or pass another file with --data") from None
+                        f"convert it to UTF-8 or pass another file with {option}") from None
 
 
 def text_sha256(text: str) -> str:

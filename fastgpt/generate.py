@@ -23,6 +23,7 @@ Randomness: with seed=None draws use torch's global generator exactly as the lec
 characters. With seed=s, sequence i of the batch draws from its own `torch.Generator` seeded s + i:
 a batch of N samples equals N one-sample runs with seeds s, s+1, ..., s+N-1.
 """
+import math
 from typing import Iterator, Optional
 
 import torch
@@ -32,6 +33,9 @@ from torch import Tensor
 from fastgpt.decode import DTYPES, one_position_step
 
 WINDOWS = ("exact", "slide")
+# Below this the logits divided by the temperature can overflow float32 (inf - inf in the softmax
+# gives NaN probabilities); sampling that cold is greedy decoding anyway.
+MIN_TEMPERATURE = 1e-3
 
 
 def check_options(vocab_size: int, max_new_tokens: int, temperature: float, top_k: Optional[int],
@@ -39,9 +43,10 @@ def check_options(vocab_size: int, max_new_tokens: int, temperature: float, top_
     """ValueError naming the first option out of range; the message starts with the option's name."""
     if max_new_tokens < 0:
         raise ValueError(f"max-new-tokens must not be negative, got {max_new_tokens}")
-    if not greedy and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 to sample, got {temperature}; "
-                         f"use greedy decoding (--greedy) for the most likely token")
+    if not greedy and not MIN_TEMPERATURE <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number of at least {MIN_TEMPERATURE} to "
+                         f"sample, got {temperature}; use greedy decoding (--greedy) for the most "
+                         f"likely token")
     if top_k is not None and not 1 <= top_k <= vocab_size:
         raise ValueError(f"top-k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:

@@ -19,6 +19,7 @@ import numpy as np
 from fastgpt.data import TRAIN_FRACTION
 from fastgpt.dataset import META, SPLITS, ids_dtype, split_path, write_meta
 from fastgpt.cli import UserError, run_cli
+from fastgpt.files import check_not_users, check_out_dir, claim_out_dir
 from fastgpt.tokenizer import BPETokenizer, CharTokenizer
 
 # Small pieces keep memory flat: HF tokenizers' per-call buffers grow with the piece (a 1M-character
@@ -27,6 +28,10 @@ CHUNK_CHARS = 1 << 16
 DEFAULT_BPE_VOCAB = 512
 # A BPE piece with no word boundary grows to this many chunks before it is cut regardless.
 MAX_PIECE_CHUNKS = 64
+MAX_VOCAB = 2**32  # ids are stored as uint32 at most
+# What prepare writes into --out; meta.json last (fastgpt.dataset.write_meta): a directory without
+# it is an unfinished dataset, which a rerun of the command replaces.
+FILES = (*(f"{split}.bin" for split in SPLITS), META)
 
 
 def read_chunks(path: Path, chunk_chars: int) -> Iterator[str]:
@@ -37,6 +42,9 @@ def read_chunks(path: Path, chunk_chars: int) -> Iterator[str]:
                 yield chunk
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({e.reason}); convert it to UTF-8") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); pass a readable UTF-8 file with "
+                        f"--data") from None
 
 
 def read_range(path: Path, start: int, stop: int, chunk_chars: int) -> Iterator[str]:
@@ -117,8 +125,9 @@ def prepare(data: Path, tokenizer_kind: str, out: Path, vocab_size: int = DEFAUL
     data, out = Path(data), Path(out)
     if not data.is_file():
         raise UserError(f"no text file at {data}; pass an existing UTF-8 file with --data")
-    if (out / META).exists():
-        raise UserError(f"{out} already holds a dataset; pass another --out or delete {out} first")
+    check_out_dir(out, "--out")
+    check_finished(out)
+    check_not_users(out, "--out", FILES)
     n_chars, chars = count_chars(data, chunk_chars)
     if n_chars < 2:
         raise UserError(f"{data} has {n_chars} characters, too few to split into train and val; "
@@ -143,18 +152,24 @@ def prepare(data: Path, tokenizer_kind: str, out: Path, vocab_size: int = DEFAUL
             pieces = word_aligned(split_text(split), MAX_PIECE_CHUNKS * chunk_chars)
             return (np.asarray(tokenizer.encode(piece), dtype=dtype) for piece in pieces)
 
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for split in SPLITS:
-        counts[split] = {"tokens": write_ids(split_path(out, split), encode(split)),
-                         "chars": bounds[split][1] - bounds[split][0]}
-    meta = {"tokenizer": tokenizer.state_dict(), "vocab_size": tokenizer.vocab_size,
-            "dtype": ids_dtype(tokenizer.vocab_size).name,
-            "source": {"path": str(data.resolve()), "bytes": data.stat().st_size,
-                       "sha256": sha256_of(data)},
-            **counts}
-    write_meta(out, meta)
+    with claim_out_dir(out, "--out", "prepare", FILES):
+        check_finished(out)
+        counts = {}
+        for split in SPLITS:
+            counts[split] = {"tokens": write_ids(split_path(out, split), encode(split)),
+                             "chars": bounds[split][1] - bounds[split][0]}
+        meta = {"tokenizer": tokenizer.state_dict(), "vocab_size": tokenizer.vocab_size,
+                "dtype": ids_dtype(tokenizer.vocab_size).name,
+                "source": {"path": str(data.resolve()), "bytes": data.stat().st_size,
+                           "sha256": sha256_of(data)},
+                **counts}
+        write_meta(out, meta)
     return meta
+
+
+def check_finished(out: Path) -> None:
+    if (out / META).exists():
+        raise UserError(f"{out} already holds a dataset; pass another --out or delete {out} first")
 
 
 def main(argv=None) -> None:
@@ -173,6 +188,9 @@ def main(argv=None) -> None:
     if vocab_size < 256:
         raise UserError(f"--vocab-size {vocab_size} is below the 256 bytes a byte-level BPE starts "
                         f"from; pass 256 or more")
+    if vocab_size > MAX_VOCAB:
+        raise UserError(f"--vocab-size {vocab_size} is above {MAX_VOCAB}, the most ids a dataset "
+                        f"stores; pass a smaller one")
     meta = prepare(Path(args.data), args.tokenizer, Path(args.out), vocab_size)
     print(f"{args.out}: {meta['vocab_size']} {args.tokenizer} tokens ({meta['dtype']}), "
           + ", ".join(f"{s} {meta[s]['tokens']:,} tokens / {meta[s]['chars']:,} chars" for s in SPLITS))

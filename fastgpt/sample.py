@@ -17,8 +17,8 @@ import time
 import torch
 
 from fastgpt.checkpoint import load
-from fastgpt.cli import (ATTENTION_CHOICES, DEVICE_HELP, UserError, check_positive, pick_device,
-                         run_cli)
+from fastgpt.cli import (ATTENTION_CHOICES, DEVICE_HELP, UserError, check_fits, check_positive,
+                         check_range, pick_device, run_cli)
 from fastgpt.decode import DTYPES
 from fastgpt.generate import WINDOWS
 
@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_memory(config, prompt_tokens: int, num_samples: int, max_new_tokens: int,
+                 device: torch.device) -> None:
+    """Refuse a batch that cannot fit: per sample its key/value cache and logits (float32), its
+    prompt and the tokens kept until the end (a 0-d tensor each as it is drawn, then a row)."""
+    C, T, L, V = config.n_embd, config.block_size, config.n_layer, config.vocab_size
+    needed = num_samples * (4 * (2 * L * T * C + 2 * V) + 16 * (prompt_tokens + max_new_tokens))
+    needed += 100 * max_new_tokens
+    check_fits(f"{num_samples} samples of {max_new_tokens} tokens", needed, device,
+               "pass a smaller --num-samples or --max-new-tokens")
+
+
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     """The prompt's tokens; an empty prompt is the first vocabulary symbol, as in the lecture."""
     if not prompt:
@@ -77,9 +88,11 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     check_positive("--max-new-tokens", args.max_new_tokens)
     check_positive("--num-samples", args.num_samples)
+    check_range("--seed", args.seed, 0, 2**63 - args.num_samples, below=True)  # 64-bit seeds + i
     device = pick_device(args.device)
     model, tokenizer = load(args.checkpoint or args.out_dir, device, args.attention)
     prompt = encode_prompt(tokenizer, args.prompt)
+    check_memory(model.config, len(prompt), args.num_samples, args.max_new_tokens, device)
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)  # (N, T)
     start = time.perf_counter()
     try:

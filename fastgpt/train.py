@@ -14,10 +14,10 @@ import json
 import math
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -26,17 +26,26 @@ from tqdm import tqdm
 
 from fastgpt import checkpoint
 from fastgpt.attention import explain
-from fastgpt.cli import UserError, flag, pick_device, run_cli
+from fastgpt.cli import UserError, check_fits, flag, pick_device, run_cli
 from fastgpt.config import TrainConfig, build_parser, config_from_args, config_from_dict, validate
 from fastgpt.data import RandomBatches, read_text, shakespeare, split, text_sha256
 from fastgpt.dataset import MemmapDataset, bits_per_char
 from fastgpt.distributed import SINGLE, Processes, launched_processes, start, stop
-from fastgpt.files import atomic_write
+from fastgpt.files import atomic_write, check_not_users, check_out_dir, claim_out_dir, is_fastgpt_dir
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.precision import Precision
 from fastgpt.tokenizer import CharTokenizer
 
 METRICS, PLOT = "metrics.jsonl", "loss.png"
+# What a run writes in out_dir, in the order of each evaluation: best.pt (when val improves), a
+# row of metrics.jsonl, loss.png, and last.pt, which commits the evaluation. So a run can be resumed
+# once last.pt exists, and a resumed run drops the metrics rows after last.pt's iteration (written
+# again); before the first last.pt (a run killed in its first evaluation) out_dir holds at most
+# best.pt, metrics.jsonl and loss.png of an unfinished first checkpoint, which a plain rerun of the
+# command removes.
+RUN_FILES = (checkpoint.BEST, METRICS, PLOT, checkpoint.LAST)
+# Files that show a directory without the marker was written by fastgpt (runs older than it).
+RUN_PROOF = (checkpoint.LAST, METRICS)
 # The model's shape; a resumed run must keep it. (`attention` says how it runs and may change.)
 MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
 
@@ -46,11 +55,20 @@ MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
 
 
 def check_fresh_out_dir(out_dir: Path) -> None:
-    """A new run never overwrites what a previous run left in out_dir."""
-    existing = [name for name in (checkpoint.LAST, checkpoint.BEST, METRICS) if (out_dir / name).exists()]
-    if existing:
+    """A new run never overwrites a run that can be resumed, nor a user's files."""
+    if (out_dir / checkpoint.LAST).exists():
+        existing = [name for name in RUN_FILES if (out_dir / name).exists()]
         raise UserError(f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume to "
                         f"continue it, or --out-dir NEW_DIR to start another")
+    check_not_users(out_dir, "--out-dir", RUN_FILES, RUN_PROOF)
+
+
+def remove_unfinished_run(out_dir: Path) -> None:
+    """What a new run killed before its first last.pt left (see RUN_FILES): fastgpt's files only,
+    as check_fresh_out_dir proved."""
+    if is_fastgpt_dir(out_dir, RUN_PROOF):
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
 
 
 def load_resume_checkpoint(out_dir: Path) -> dict:
@@ -62,6 +80,16 @@ def load_resume_checkpoint(out_dir: Path) -> dict:
     if "optimizer" not in ckpt:
         raise UserError(f"{path} holds weights but no training state, so it cannot be resumed; "
                         f"start a new run with another --out-dir")
+    expected = {"iter": int, "best_val_loss": float, "train_config": dict, "model_config": dict,
+                "rng": dict, "optimizer": dict}
+    for key, kind in expected.items():
+        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt[key], bool):
+            raise UserError(f"{path} is damaged ({key} is {type(ckpt.get(key)).__name__}, not "
+                            f"{kind.__name__}); resume from another copy or start a new run")
+    if ckpt["iter"] < 0 or not all(isinstance(ckpt["model_config"].get(name), (int, float))
+                                   for name in MODEL_FIELDS):
+        raise UserError(f"{path} is damaged (its iteration or model config); resume from another "
+                        f"copy or start a new run")
     return ckpt
 
 
@@ -88,6 +116,17 @@ def encode_text(text: str, tokenizer: CharTokenizer) -> torch.Tensor:
         raise UserError(f"the data has characters outside the checkpoint's vocabulary "
                         f"({''.join(missing[:20])!r}); resume with the data the run started with")
     return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+
+
+def check_memory(cfg: TrainConfig, vocab_size: int, device: torch.device) -> None:
+    """Refuse sizes that cannot fit before trying to allocate them. A lower bound of what training
+    holds: the weights, their gradients and AdamW's two moments (float32), the logits and their
+    gradient, and ten activations of width n_embd per layer and position."""
+    V, T, C, L, B = vocab_size, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.batch_size
+    params = 2 * V * C + T * C + 12 * L * C * C
+    needed = 16 * params + 4 * B * T * (2 * V + 10 * L * C)
+    check_fits(f"training {params / 1e6:,.1f}M parameters on batches of {B} x {T} tokens", needed,
+               device, "pass a smaller --n-embd, --n-layer, --block-size or --batch-size")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -277,6 +316,10 @@ def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: R
         before_eval()
         if procs.is_main:
             losses = estimate_loss(eval_model, batches, cfg.eval_iters, precision)
+            if not all(map(math.isfinite, losses.values())):
+                raise UserError(f"the evaluation at step {done} gives losses {losses}: the run "
+                                f"diverged and stops without a checkpoint of it; --resume with a "
+                                f"lower --learning-rate (or a --grad-clip)")
             progress.evaluation(done, losses, lr, tokens_per_s, on_eval(done, losses, lr, tokens_per_s))
 
     if start_iter == 0:
@@ -290,6 +333,10 @@ def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: R
         started = time.perf_counter()
         # .item() waits for the GPU: the time below is the step's
         loss = train_step(model, optimizer, batches, cfg, precision).item()
+        if not math.isfinite(loss):
+            raise UserError(f"the training loss became {loss} at step {it + 1}: the run diverged "
+                            f"and stops; the checkpoint of the last evaluation is kept: --resume "
+                            f"with a lower --learning-rate (or a --grad-clip)")
         elapsed = time.perf_counter() - started
         step_time, steps_timed = step_time + elapsed, steps_timed + 1
         log_time, log_steps = log_time + elapsed, log_steps + 1
@@ -317,6 +364,33 @@ def append_metrics(path: Path, row: dict) -> None:
 def read_metrics(path: Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def resumed_metrics(path: Path, iteration: int) -> list[dict]:
+    """The rows of metrics.jsonl a run resumed at `iteration` keeps: those of the evaluations
+    up to it (not 0 itself, which a run resumed there evaluates again); later rows are of an
+    evaluation killed before its last.pt. A last line without its newline is an append that a kill
+    cut short and goes; any other damage is a UserError."""
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e}); delete it to resume without the old "
+                        f"metrics") from None
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines[:-1], 1):  # lines[-1]: after the last newline
+        try:
+            row = json.loads(line)
+            assert isinstance(row, dict) and isinstance(row["iter"], int)
+            assert all(isinstance(row[k], (int, float)) for k in ("train_loss", "val_loss"))
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise UserError(f"{path} line {number} is damaged; repair or delete that line (or the "
+                            f"file) and resume again") from None
+        if row["iter"] < iteration or row["iter"] == iteration > 0:
+            rows.append(row)
+    return rows
 
 
 def plot_losses(metrics: list[dict], path: Path) -> None:
@@ -399,6 +473,7 @@ def set_up(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTConf
     device = device or pick_device(cfg.device)
     load_splits = dataset_splits if cfg.dataset else text_splits
     splits, tokenizer, data_hash, chars_per_token = load_splits(cfg, ckpt)
+    check_memory(cfg, tokenizer.vocab_size, device)
     batches = RandomBatches(splits, cfg.block_size, cfg.batch_size, cfg.seed, device, procs.rank,
                             procs.world_size)
     torch.manual_seed(cfg.seed)
@@ -408,9 +483,14 @@ def set_up(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTConf
     run = Run(model, make_optimizer(model, cfg, device), batches, tokenizer, data_hash,
               chars_per_token=chars_per_token)
     if ckpt is not None:
-        run.model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"], batches, procs)
+        try:
+            run.model.load_state_dict(ckpt["model"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            set_rng_state(ckpt["rng"], batches, procs)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            detail = " ".join(str(e).split())[:200]
+            raise UserError(f"the training state in the checkpoint is damaged ({type(e).__name__}: "
+                            f"{detail}); resume from another copy or start a new run") from None
         run.start_iter, run.best_val_loss = ckpt["iter"], ckpt["best_val_loss"]
     return run
 
@@ -440,16 +520,36 @@ def header(cfg: TrainConfig, run: Run, device: torch.device, precision: Precisio
 def resolve_config(args) -> tuple[TrainConfig, Optional[dict]]:
     """The run's config and, with --resume, the checkpoint it continues."""
     cfg = config_from_args(args)
+    out_dir = Path(cfg.out_dir)
+    check_out_dir(out_dir, "--out-dir")
     ckpt = None
     if cfg.resume:
-        ckpt = load_resume_checkpoint(Path(cfg.out_dir))
+        ckpt = load_resume_checkpoint(out_dir)
         cfg = config_from_args(args, base=config_from_dict(ckpt["train_config"]))
     validate(cfg)
     if ckpt is None:
-        check_fresh_out_dir(Path(cfg.out_dir))
+        check_fresh_out_dir(out_dir)
     else:
-        check_resume_matches(cfg, ckpt, Path(cfg.out_dir) / checkpoint.LAST)
+        check_resume_matches(cfg, ckpt, out_dir / checkpoint.LAST)
+        resumed_metrics(out_dir / METRICS, ckpt["iter"])
     return cfg, ckpt
+
+
+@contextmanager
+def claim_run_dir(out_dir: Path, ckpt: Optional[dict]) -> Iterator[None]:
+    """Hold out_dir for this run (fastgpt.files.claim_out_dir), then, now that no other process
+    can change it, check it again and clear it: a new run removes an unfinished first checkpoint;
+    a resumed one drops the metrics rows it will write again."""
+    with claim_out_dir(out_dir, "--out-dir", "train", RUN_FILES, RUN_PROOF):
+        if ckpt is None:
+            check_fresh_out_dir(out_dir)
+            remove_unfinished_run(out_dir)
+        else:
+            if (out_dir / METRICS).exists():
+                rows = resumed_metrics(out_dir / METRICS, ckpt["iter"])
+                with atomic_write(out_dir / METRICS) as f:
+                    f.write("".join(json.dumps(row) + "\n" for row in rows).encode())
+        yield
 
 
 def wrap_for_training(model: nn.Module, cfg: TrainConfig, procs: Processes,
@@ -483,6 +583,14 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SING
 
     def on_eval(iteration: int, losses: dict[str, float], lr: float,
                 tokens_per_s: Optional[float]) -> str:
+        try:
+            return write_evaluation(iteration, losses, lr, tokens_per_s)
+        except OSError as e:
+            raise UserError(f"cannot write in {out_dir} ({e.strerror or e}); the checkpoint of the "
+                            f"evaluation before is kept: free space and --resume") from None
+
+    def write_evaluation(iteration: int, losses: dict[str, float], lr: float,
+                         tokens_per_s: Optional[float]) -> str:
         nonlocal best
         state = checkpoint.make(model, tokenizer, optimizer=optimizer.state_dict(), iter=iteration,
                                 best_val_loss=min(best, losses["val"]), train_config=asdict(cfg),
@@ -491,18 +599,17 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SING
         if losses["val"] < best:
             best = losses["val"]
             checkpoint.save(state, out_dir / checkpoint.BEST)
-        checkpoint.save(state, out_dir / checkpoint.LAST)
         val_bpc = bits_per_char(losses["val"], run.chars_per_token)
         append_metrics(out_dir / METRICS, {"iter": iteration, "train_loss": losses["train"],
                                            "val_loss": losses["val"], "val_bpc": val_bpc, "lr": lr,
                                            "tokens_per_s": tokens_per_s, "time": time.time()})
         plot_losses(read_metrics(out_dir / METRICS), out_dir / PLOT)
+        checkpoint.save(state, out_dir / checkpoint.LAST)  # last: see RUN_FILES
         return f"{val_bpc:.4f} bits/char"
 
-    if procs.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    training_loop(wrap_for_training(model, cfg, procs, device), optimizer, batches, cfg,
-                  run.start_iter, on_eval, precision, procs, gather_rank_states)
+    with claim_run_dir(out_dir, ckpt) if procs.is_main else nullcontext():
+        training_loop(wrap_for_training(model, cfg, procs, device), optimizer, batches, cfg,
+                      run.start_iter, on_eval, precision, procs, gather_rank_states)
     if cfg.sample_chars and procs.is_main:
         print(sample_text(model, tokenizer, cfg.sample_chars, batches.device))
     return model
