@@ -546,7 +546,7 @@ def test_triton_kernels_compile_for_an_h100():
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert result.stdout.count("compiled ") == 8
+    assert result.stdout.count("compiled ") == 9  # 8 attention kernels and dropout_add
 
 
 @pytest.mark.slow
