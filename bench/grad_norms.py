@@ -2,7 +2,7 @@
 the `cpu` and `gpu` presets' --grad-clip is chosen (docs/training.md).
 
     python -m bench.grad_norms --preset cpu --max-iters 2000
-    python -m bench.grad_norms --preset gpu --device cpu --max-iters 300 --eval-interval 300 --eval-iters 20
+    python -m bench.grad_norms --preset gpu --device cpu --max-iters 200 --eval-interval 200 --eval-iters 2
 
 Takes `python -m fastgpt.train`'s flags and trains with clipping off (--grad-clip 0 is appended),
 so each recorded norm is the one clip_grad_norm_ would compare with its threshold. Prints the
