@@ -79,7 +79,8 @@ def test_cli_run_leaves_checkpoints_metrics_plot_and_prints_a_sample(tmp_path, t
     assert "\r" not in result.stdout + result.stderr  # a log, not a redrawn progress bar
     sample = result.stdout.strip().splitlines()[-1]
     assert sample and set(sample) <= set(SMALL_TEXT)
-    assert sorted(p.name for p in out_dir.iterdir()) == ["best.pt", "last.pt", "loss.png", "metrics.jsonl"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [".fastgpt.lock", "best.pt", "last.pt", "loss.png",
+                                                         "metrics.jsonl"]
     assert (out_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["iter"] for row in rows] == [0, 2, 4]  # step 0: the untrained loss
