@@ -135,7 +135,7 @@ def kill_when(command: list[str], env: dict, happened) -> None:
     process.wait()
 
 
-@pytest.mark.parametrize("moment", ["temporary file", "best.pt", "metrics.jsonl", "loss.png"])
+@pytest.mark.parametrize("moment", ["temporary file", "loss.png"])  # the others: monkeypatched above
 def test_sigkill_during_the_first_checkpoint_leaves_a_restartable_run(tmp_path, data, moment):
     """Real kills of a real run, inside its first evaluation's writes."""
     out_dir = tmp_path / "out"
