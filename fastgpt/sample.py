@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights of the per-character steps: bfloat16 or int8 read half or a "
                              "quarter of float32's bytes per character, with logits close to "
                              "float32's (default: float32)")
+    parser.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="print the first sample when it is complete, not character by character")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--attention", choices=ATTENTION_CHOICES, default=None,
                         help="attention backend for the prompt (default: the checkpoint's)")
@@ -103,7 +105,7 @@ def main(argv=None) -> None:
     except ValueError as e:  # an option out of range, or int8 where the C++ step cannot run
         raise UserError(f"--{e}") from None
     try:
-        chars = write_samples(tokenizer, prompt, tokens, sys.stdout)
+        chars = write_samples(tokenizer, prompt, tokens if args.stream else list(tokens), sys.stdout)
     except BrokenPipeError:
         # The reader has gone (`| head`): stop quietly, as a Unix filter does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

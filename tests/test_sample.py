@@ -187,3 +187,12 @@ def test_a_closed_pipe_ends_sampling_quietly(out_dir):
     reader.stdout.close()  # as `| head -c 10` does
     assert reader.wait(timeout=120) == 0
     assert reader.stderr.read() == b""
+
+
+def test_no_stream_prints_the_same_samples(out_dir, capsys):
+    from fastgpt.sample import main
+    main(["--out-dir", str(out_dir), "--max-new-tokens", "40", "--num-samples", "2", "--seed", "3"])
+    streamed = capsys.readouterr().out
+    main(["--out-dir", str(out_dir), "--max-new-tokens", "40", "--num-samples", "2", "--seed", "3",
+          "--no-stream"])
+    assert capsys.readouterr().out == streamed and len(streamed) > 80
