@@ -166,7 +166,7 @@ def test_resume_with_another_tokenizer_is_one_line_error(tmp_path, datasets):
 
 
 def test_data_and_dataset_together_is_an_error(tmp_path, text_path, datasets):
-    with pytest.raises(UserError, match="pass one of them"):
+    with pytest.raises(UserError, match="exclude each other; pass only one of them"):
         train_main(["--data", str(text_path), "--dataset", str(datasets / "char"),
                     "--out-dir", str(tmp_path / "x")])
 
