@@ -1,8 +1,14 @@
 """Benchmarks run with an explicit CPU thread count (FASTGPT_BENCH_THREADS, default 2), recorded in
 pytest-benchmark's machine_info so every saved report says how many threads it used."""
 import os
+import sys
+from pathlib import Path
 
 import torch
+
+# The installed fastgpt runs (pytest's importlib mode leaves sys.path alone); the checkout is
+# appended after site-packages for the bench package itself.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 THREADS = int(os.environ.get("FASTGPT_BENCH_THREADS", "2"))
 torch.set_num_threads(THREADS)

@@ -1,16 +1,15 @@
-// fastgpt._C: the fused causal attention kernels on CPU (forward, backward, the dropout keep mask)
-// and the fused residual dropout.
+// The CPU kernels of the ops fastgpt::causal_attention, ::causal_attention_backward and their
+// packed-qkv forms (schemas, fakes and autograd: fastgpt/ops/attention.py), registered below.
 //
-// The kernels (attention_kernels.h) are compiled three times, for the baseline x86-64/ARM target,
-// AVX2 + FMA and AVX-512, and the best copy the CPU runs is chosen at run time: a portable wheel
-// that is still fast, with no host-specific build flag. These functions check their inputs, read
-// and write them in place where they can (any strides with contiguous rows of D elements, in the
-// compute dtype: float32, or float64 for float64; bfloat16 is computed in float32 through buffers),
-// and spread the (batch·head, block) tasks over at::parallel_for. fastgpt/attention/cpu.py registers
-// them as the CPU kernels of the fastgpt::causal_attention ops. decode.cpp adds the sampling step,
-// bound here too.
-#include <torch/extension.h>
+// The kernels (attention_kernels.h) are compiled once per instruction set and the best copy the CPU
+// runs is chosen at run time (isa_copies.h). These functions check their inputs, read and write them
+// in place where they can (any strides with contiguous rows of D elements, in the compute dtype:
+// float32, or float64 for float64; bfloat16 is computed in float32 through buffers), and spread the
+// (batch·head, block) tasks over at::parallel_for.
+#include "extension.h"
+
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <array>
@@ -29,19 +28,6 @@ namespace {
 
 using at::Tensor;
 
-// Runs `f` with the kernels compiled for the best instruction set this CPU has.
-template <typename F>
-void with_isa(F&& f) {
-#ifdef FASTGPT_HAVE_X86_COPIES
-  switch (isa_in_use().load()) {
-    case IsaLevel::avx512: return f(avx512::Isa{});
-    case IsaLevel::avx2: return f(avx2::Isa{});
-    case IsaLevel::baseline: break;
-  }
-#endif
-  f(baseline::Isa{});
-}
-
 // Runs `f` with the head size as a compile-time constant.
 template <typename F>
 void with_head_size(int64_t head_size, F&& f) {
@@ -54,17 +40,6 @@ void with_head_size(int64_t head_size, F&& f) {
     default: TORCH_CHECK(false, "fastgpt._C: head size ", head_size, " is not one of 8, 16, 32, 64, 128");
   }
 }
-
-at::ScalarType compute_dtype(const Tensor& t, at::ScalarType dtype) {
-  TORCH_CHECK(t.device().is_cpu(), "fastgpt._C: expected a CPU tensor, got ", t.device());
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
-              "fastgpt._C: dtype ", dtype, " is not float32, float64 or bfloat16");
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::ScalarType compute_dtype(const Tensor& t) { return compute_dtype(t, t.scalar_type()); }
-
-Tensor prepared(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
 
 bool rows_readable(const Tensor& t, at::ScalarType dtype) { return t.scalar_type() == dtype && t.stride(3) == 1; }
 
@@ -102,10 +77,8 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, double dropout
               q.sizes(), k.sizes(), v.sizes());
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "fastgpt._C: q, k, v dtypes differ");
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fastgpt._C: dropout_p must be in [0, 1), got ", dropout_p);
+  check_dropout_p(dropout_p);
 }
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Key blocks per backward task. A head's keys split into several chunks when there are few heads,
 // so that a small batch still spreads over the threads; every chunk holds at least one key. A
@@ -114,8 +87,6 @@ int64_t key_blocks_per_chunk(int64_t heads, int64_t seq_len) {
   const int64_t blocks = ceil_div(seq_len, kKeyBlock);
   return ceil_div(blocks, std::max<int64_t>(1, std::min(blocks, ceil_div(16, heads))));
 }
-
-}  // namespace
 
 // Causal attention of q, k, v (B, H, T, D) into out (B, H, T, D, q's dtype, any strides: a view of
 // the (B, T, H, D) memory the output projection reads); returns the logsumexp (B, H, T).
@@ -136,11 +107,11 @@ Tensor forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const
       constexpr int kD = decltype(head_size)::value;
       const auto scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(D)));
       scalar_t* lp = lse.data_ptr<scalar_t>();
-      with_isa([&](auto isa) {
+      with_isa([&](auto kernels) {
         at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t task = begin; task < end; ++task) {
             const int64_t bh = task / blocks, b = bh / H, h = bh % H, r0 = (task % blocks) * kQueryBlock;
-            decltype(isa)::template forward<scalar_t, kD>(
+            decltype(kernels)::template forward<scalar_t, kD>(
                 head_rows<const scalar_t>(q, b, h), head_rows<const scalar_t>(k, b, h),
                 head_rows<const scalar_t>(v, b, h), r0, std::min(T, r0 + kQueryBlock), scale, dr,
                 static_cast<uint64_t>(bh), head_rows<scalar_t>(out, b, h), lp + bh * T);
@@ -181,14 +152,14 @@ void backward(const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in,
       const auto scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(D)));
       const scalar_t* lp = lse.data_ptr<scalar_t>();
       scalar_t* partp = dq_parts.data_ptr<scalar_t>();
-      with_isa([&](auto isa) {
+      with_isa([&](auto kernels) {
         at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t task = begin; task < end; ++task) {
             const int64_t bh = task / chunks, b = bh / H, h = bh % H, chunk = task % chunks;
             const int64_t c0 = chunk * chunk_keys, c1 = std::min(T, c0 + chunk_keys);
             const Rows<scalar_t> dq_rows = chunk == 0 ? head_rows<scalar_t>(dq, b, h)
                                                       : Rows<scalar_t>{partp + ((chunk - 1) * B * H + bh) * T * kD, kD};
-            decltype(isa)::template backward<scalar_t, kD>(
+            decltype(kernels)::template backward<scalar_t, kD>(
                 head_rows<const scalar_t>(q, b, h), head_rows<const scalar_t>(k, b, h),
                 head_rows<const scalar_t>(v, b, h), head_rows<const scalar_t>(grad_out, b, h),
                 head_rows<const scalar_t>(out, b, h), lp + bh * T, T, c0, c1, scale, dr, static_cast<uint64_t>(bh),
@@ -204,80 +175,73 @@ void backward(const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in,
   written(dv, dv_in);
 }
 
+// The ops, with the schemas of fastgpt/ops/attention.py: outputs allocated here, in the layout each
+// op returns ((B, H, T, D); (B, T, C) for the packed form, whose gradient is one (B, T, 3C) tensor).
+
+std::tuple<Tensor, Tensor> causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double dropout_p,
+                                            const Tensor& seed) {
+  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor lse = forward(q, k, v, out, dropout_p, seed_value(seed));
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> causal_attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k,
+                                                             const Tensor& v, const Tensor& out, const Tensor& lse,
+                                                             double dropout_p, const Tensor& seed) {
+  Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(q.sizes(), q.options()),
+         dv = at::empty(q.sizes(), q.options());
+  backward(grad_out, q, k, v, out, lse, dq, dk, dv, dropout_p, seed_value(seed));
+  return {dq, dk, dv};
+}
+
+// q, k, v (B, H, T, D) as views of the packed (B, T, 3C) = (B, T, 3, H, D) projection.
+std::vector<Tensor> split_heads(const Tensor& qkv, int64_t n_head) {
+  TORCH_CHECK(qkv.dim() == 3 && n_head > 0 && qkv.size(2) % (3 * n_head) == 0,
+              "fastgpt._C: expected qkv (B, T, 3·n_head·D), got ", qkv.sizes(), " with n_head ", n_head);
+  return qkv.unflatten(-1, {3, n_head, qkv.size(2) / (3 * n_head)}).permute({2, 0, 3, 1, 4}).unbind(0);
+}
+
+// The (B, H, T, D) view of a (B, T, C) tensor whose heads sit side by side.
+Tensor heads(const Tensor& y, int64_t n_head) { return y.unflatten(-1, {n_head, y.size(-1) / n_head}).transpose(1, 2); }
+
+std::tuple<Tensor, Tensor> causal_attention_qkv(const Tensor& qkv, int64_t n_head, double dropout_p,
+                                                const Tensor& seed) {
+  const auto q = split_heads(qkv, n_head);
+  Tensor out = at::empty({qkv.size(0), qkv.size(1), qkv.size(2) / 3}, qkv.options());
+  Tensor lse = forward(q[0], q[1], q[2], heads(out, n_head), dropout_p, seed_value(seed));
+  return {out, lse};
+}
+
+Tensor causal_attention_qkv_backward(const Tensor& grad_out, const Tensor& qkv, const Tensor& out, const Tensor& lse,
+                                     int64_t n_head, double dropout_p, const Tensor& seed) {
+  Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
+  const auto q = split_heads(qkv, n_head), d = split_heads(dqkv, n_head);
+  backward(heads(grad_out, n_head), q[0], q[1], q[2], heads(out, n_head), lse, d[0], d[1], d[2], dropout_p,
+           seed_value(seed));
+  return dqkv;
+}
+
+}  // namespace
+
 // The bool (B, H, T, T) keep mask that the kernels use for this seed and shape (a debug entry point).
 Tensor keep_mask(int64_t seed, int64_t B, int64_t H, int64_t T, double dropout_p) {
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fastgpt._C: dropout_p must be in [0, 1), got ", dropout_p);
+  check_dropout_p(dropout_p);
   Tensor mask = at::empty({B, H, T, T}, at::kBool);
   const Dropout dr = make_dropout(dropout_p, seed);
   bool* mp = mask.data_ptr<bool>();
-  with_isa([&](auto isa) {
+  with_isa([&](auto kernels) {
     at::parallel_for(0, B * H * T, 64, [&](int64_t begin, int64_t end) {
-      decltype(isa)::keep_mask(dr, T, begin, end, mp);
+      decltype(kernels)::keep_mask(dr, T, begin, end, mp);
     });
   });
   return mask;
 }
 
-// x·keep·keep_scale + residual (residual optional), the keep bits a pure function of (seed, element
-// index): the fused residual dropout of fastgpt/dropout.py, forward (with residual) and backward.
-Tensor dropout_add(const Tensor& x_in, const c10::optional<Tensor>& residual_in, double dropout_p, int64_t seed) {
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fastgpt._C: dropout_p must be in [0, 1), got ", dropout_p);
-  const bool has_residual = residual_in.has_value() && residual_in->defined();
-  const auto out_dtype = has_residual ? at::promote_types(x_in.scalar_type(), residual_in->scalar_type())
-                                      : x_in.scalar_type();
-  const auto dtype = compute_dtype(x_in, out_dtype);
-  const Tensor x = prepared(x_in, dtype);
-  Tensor residual;
-  if (has_residual) {
-    TORCH_CHECK(residual_in->sizes() == x_in.sizes(), "fastgpt._C: x and residual shapes differ: ", x_in.sizes(),
-                residual_in->sizes());
-    residual = prepared(*residual_in, dtype);
-  }
-  Tensor out = at::empty_like(x);
-  const Dropout dr = make_dropout(dropout_p, seed);
-  const int64_t n = x.numel();
-  constexpr int64_t kChunk = 64 * 64;  // elements per task, a multiple of the Philox step
-  AT_DISPATCH_FLOATING_TYPES(dtype, "fastgpt_dropout_add", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* rp = has_residual ? residual.data_ptr<scalar_t>() : nullptr;
-    scalar_t* op = out.data_ptr<scalar_t>();
-    with_isa([&](auto isa) {
-      at::parallel_for(0, ceil_div(n, kChunk), 1, [&](int64_t begin, int64_t end) {
-        decltype(isa)::dropout_add(dr, xp, rp, begin * kChunk, std::min(n, end * kChunk), op);
-      });
-    });
-  });
-  return out.to(out_dtype);
-}
-
-// Which instruction set the kernels run with on this CPU.
-std::string instruction_set() { return kIsaNames[static_cast<int>(isa_in_use().load())]; }
-
-// Runs the kernels with a lower instruction set than the best (to compare the copies).
-void set_instruction_set(const std::string& name) {
-  for (int level = 0; level <= static_cast<int>(best_isa()); ++level)
-    if (name == kIsaNames[level]) return isa_in_use().store(static_cast<IsaLevel>(level));
-  TORCH_CHECK(false, "fastgpt._C: instruction set '", name, "' is not one this CPU runs (best: ",
-              kIsaNames[static_cast<int>(best_isa())], ")");
-}
-
-// decode.cpp
-Tensor decode_step(const Tensor& tokens, int64_t pos, const std::vector<Tensor>& params,
-                   const std::vector<Tensor>& scales, const std::vector<Tensor>& cache, int64_t n_head, double eps);
-
 }  // namespace fastgpt
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastgpt's fused causal attention, residual dropout and sampling step on CPU";
-  m.def("forward", &fastgpt::forward, "(q, k, v, out, dropout_p, seed) -> lse; writes out");
-  m.def("backward", &fastgpt::backward,
-        "(grad_out, q, k, v, out, lse, dq, dk, dv, dropout_p, seed) -> None; writes dq, dk, dv");
-  m.def("keep_mask", &fastgpt::keep_mask, "(seed, B, H, T, dropout_p) -> bool (B, H, T, T) keep mask");
-  m.def("dropout_add", &fastgpt::dropout_add, "(x, residual or None, dropout_p, seed) -> x·keep·scale + residual",
-        pybind11::arg("x"), pybind11::arg("residual"), pybind11::arg("dropout_p"), pybind11::arg("seed"));
-  m.def("instruction_set", &fastgpt::instruction_set, "the instruction set the kernels use on this CPU");
-  m.def("set_instruction_set", &fastgpt::set_instruction_set,
-        "run the kernels compiled for this instruction set (baseline, avx2+fma, avx512), at most the CPU's best");
-  m.def("decode_step", &fastgpt::decode_step,
-        "(tokens, pos, params, scales, cache, n_head, eps) -> logits (N, vocab): one sampling step");
+TORCH_LIBRARY_IMPL(fastgpt, CPU, m) {
+  m.impl("causal_attention", &fastgpt::causal_attention);
+  m.impl("causal_attention_backward", &fastgpt::causal_attention_backward);
+  m.impl("causal_attention_qkv", &fastgpt::causal_attention_qkv);
+  m.impl("causal_attention_qkv_backward", &fastgpt::causal_attention_qkv_backward);
 }

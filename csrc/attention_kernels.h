@@ -1,9 +1,8 @@
-// The fused causal attention kernels, FlashAttention-2 style, for one (batch, head) slice at a time,
-// and the fused residual dropout, which shares their Philox draws.
+// The fused causal attention kernels, FlashAttention-2 style, for one (batch, head) slice at a time.
 //
-// attention.cpp includes this file twice: once for the baseline instruction set and once under an
-// AVX2 + FMA target pragma, with FASTGPT_ISA naming the namespace of each copy, and picks one at run
-// time. That is why there is no include guard and nothing from ATen here: no torch header may be
+// attention.cpp compiles this file once per instruction set (isa_copies.h), with FASTGPT_ISA naming
+// the namespace of each copy, and picks one at run time. That is why there is no include guard and
+// nothing from ATen here: no torch header may be
 // compiled for a target it was not built for. The loops work on kLanes-wide vectors (GCC/Clang
 // vector extensions, see attention_common.h), which each copy maps onto its target's registers.
 //
@@ -14,6 +13,7 @@
 // function of (seed, b·H + h, i, j) (one Philox-4x32 call per 8 columns, see attention_common.h).
 
 #include "vector_ops.h"
+#include "philox_kernels.h"
 
 namespace fastgpt {
 namespace FASTGPT_ISA {
@@ -28,55 +28,6 @@ inline Vec<T> lane_index() {
   Vec<T> x;
   for (int u = 0; u < kLanes; ++u) x[u] = static_cast<T>(u);
   return x;
-}
-
-// Philox works on 32-bit words; each is held in the low half of a 64-bit lane, so that one
-// unsigned 32x32 -> 64-bit multiply per lane (pmuludq) gives both words of a product. The upper
-// halves of the lanes may hold garbage: the multiply and the final packing read only low halves.
-
-// The 64-bit products lo32(a)·b, lane by lane.
-inline u64xL mul_low_words(u64xL a, uint32_t b) {
-#if FASTGPT_AVX512_INTRINSICS
-  static_assert(sizeof(u64xL) == sizeof(__m512i), "one AVX-512 register per vector");
-  __m512i x;
-  std::memcpy(&x, &a, sizeof(a));
-  x = _mm512_maskz_mul_epu32(0xFF, x, _mm512_set1_epi64(b));  // maskz: GCC 12 warns on the unmasked form
-  std::memcpy(&a, &x, sizeof(a));
-  return a;
-#elif FASTGPT_AVX2_INTRINSICS
-  static_assert(sizeof(u64xL) == 2 * sizeof(__m256i), "two AVX2 registers per vector");
-  const __m256i bv = _mm256_set1_epi64x(b);
-  __m256i half[2];
-  std::memcpy(half, &a, sizeof(a));
-  half[0] = _mm256_mul_epu32(half[0], bv);
-  half[1] = _mm256_mul_epu32(half[1], bv);
-  std::memcpy(&a, half, sizeof(a));
-  return a;
-#else
-  return (a & 0xFFFFFFFFu) * static_cast<uint64_t>(b);
-#endif
-}
-
-constexpr int kDrawsPerPhiloxStep = kLanes * kDrawsPerCall;  // kLanes column blocks at once
-
-// The 16-bit dropout draws of columns 8·block0 .. 8·block0 + kDrawsPerPhiloxStep - 1 of row `row`
-// of head bh = b·H + h: one Philox call per lane, lane u on column block block0 + u.
-inline void philox_draws(const Dropout& dr, uint64_t bh, uint64_t row, uint64_t block0, uint16_t* draws) {
-  u64xL c0, c1 = u64xL{} + (row & 0xFFFFFFFFu), c2 = u64xL{} + (bh & 0xFFFFFFFFu), c3 = u64xL{} + (bh >> 32);
-  for (int u = 0; u < kLanes; ++u) c0[u] = (block0 + u) & 0xFFFFFFFFu;
-  for (int r = 0; r < kPhiloxRounds; ++r) {
-    const u64xL product_b = mul_low_words(c2, kPhiloxRoundB), product_a = mul_low_words(c0, kPhiloxRoundA);
-    c0 = (product_b >> 32) ^ c1 ^ dr.key0[r];
-    c2 = (product_a >> 32) ^ c3 ^ dr.key1[r];
-    c1 = product_b;
-    c3 = product_a;
-  }
-  // Block u's output in memory order: words 0, 1 then 2, 3, i.e. its eight draws in column order.
-  const u64xL words01 = (c0 & 0xFFFFFFFFu) | (c1 << 32), words23 = (c2 & 0xFFFFFFFFu) | (c3 << 32);
-  const u64xL first = __builtin_shufflevector(words01, words23, 0, 8, 1, 9, 2, 10, 3, 11);
-  const u64xL second = __builtin_shufflevector(words01, words23, 4, 12, 5, 13, 6, 14, 7, 15);
-  std::memcpy(draws, &first, sizeof(first));
-  std::memcpy(draws + kDrawsPerPhiloxStep / 2, &second, sizeof(second));
 }
 
 // z[c] = kept or 0 for the columns col0 + c, c < count (a multiple of kLanes), of row `row` of head
@@ -355,38 +306,10 @@ inline void keep_mask_rows(const Dropout& dr, int64_t seq_len, int64_t row0, int
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Residual dropout: out[n] = x[n]·keep(n)·keep_scale (+ residual[n]) for n in [begin, end), begin a
-// multiple of kDrawsPerPhiloxStep. Element n of the flattened tensor takes draw n % 8 of the Philox
-// call at counter (n / 8 lo, n / 8 hi, 0, 0) (fastgpt.dropout.keep_mask).
-// ---------------------------------------------------------------------------------------------
-
-template <typename T>
-void dropout_add_range(const Dropout& dr, const T* x, const T* residual, int64_t begin, int64_t end, T* out) {
-  uint16_t draws[kDrawsPerPhiloxStep];
-  const VecMask<T> threshold = VecMask<T>{} + dr.threshold;
-  const T kept = static_cast<T>(dr.keep_scale);
-  for (int64_t e0 = begin; e0 < end; e0 += kDrawsPerPhiloxStep) {
-    // lanes never cross a 2^32 boundary of the block index: block0 is a multiple of kLanes
-    const uint64_t block0 = static_cast<uint64_t>(e0) / kDrawsPerCall;
-    philox_draws(dr, 0, block0 >> 32, block0, draws);
-    const int n = static_cast<int>(std::min<int64_t>(end - e0, kDrawsPerPhiloxStep));
-    int c = 0;
-    for (; c + kLanes <= n; c += kLanes) {
-      u16xL d;
-      std::memcpy(&d, draws + c, sizeof(d));
-      const Vec<T> z = __builtin_convertvector(d, VecMask<T>) >= threshold ? splat(kept) : Vec<T>{};
-      store(out + e0 + c, residual ? load(x + e0 + c) * z + load(residual + e0 + c) : load(x + e0 + c) * z);
-    }
-    for (; c < n; ++c) {
-      const T z = draws[c] >= dr.threshold ? kept : T(0);
-      out[e0 + c] = residual ? x[e0 + c] * z + residual[e0 + c] : x[e0 + c] * z;
-    }
-  }
-}
-
-// The entry points of this copy, as static members so that the caller can pick a copy by type.
-struct Isa {
+// The entry points of this copy, as static members so that with_isa can pick a copy by type (in an
+// unnamed namespace: every kernel header names its struct Kernels).
+namespace {
+struct Kernels {
   template <typename T, int D>
   static void forward(Rows<const T> q, Rows<const T> k, Rows<const T> v, int64_t r0, int64_t r1, T scale,
                       const Dropout& dr, uint64_t bh, Rows<T> out, T* lse) {
@@ -401,11 +324,9 @@ struct Isa {
   static void keep_mask(const Dropout& dr, int64_t seq_len, int64_t row0, int64_t row1, bool* mask) {
     keep_mask_rows(dr, seq_len, row0, row1, mask);
   }
-  template <typename T>
-  static void dropout_add(const Dropout& dr, const T* x, const T* residual, int64_t begin, int64_t end, T* out) {
-    dropout_add_range(dr, x, residual, begin, end, out);
-  }
 };
+
+}  // namespace
 
 }  // namespace FASTGPT_ISA
 }  // namespace fastgpt

@@ -8,7 +8,8 @@
 // what this call removes is the rest: ~100 operator dispatches, their allocations and the Python
 // between them per token. The matrix products are split over at::parallel_for by output column;
 // everything else is a few thousand flops and runs on the calling thread.
-#include <torch/extension.h>
+#include "extension.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -36,19 +37,6 @@ constexpr int kMatricesPerLayer = 4;
 
 // Multiply-adds below which a product is not worth splitting over threads.
 constexpr int64_t kWorkPerTask = 1 << 16;
-
-// Runs `f` with the step compiled for the instruction set the kernels use (isa_copies.h).
-template <typename F>
-void with_isa(F&& f) {
-#ifdef FASTGPT_HAVE_X86_COPIES
-  switch (isa_in_use().load()) {
-    case IsaLevel::avx512: return f(avx512::Decode{});
-    case IsaLevel::avx2: return f(avx2::Decode{});
-    case IsaLevel::baseline: break;
-  }
-#endif
-  f(baseline::Decode{});
-}
 
 template <typename Isa, typename T, typename W>
 void step(const int64_t* tokens, int64_t N, int64_t pos, at::TensorList params, at::TensorList scales,
@@ -157,8 +145,8 @@ Tensor decode_step(const Tensor& tokens, int64_t pos, const std::vector<Tensor>&
     TORCH_CHECK(0 <= tp[n] && tp[n] < V, "fastgpt._C.decode_step: token ", tp[n], " is not below the vocabulary size ", V);
 
   Tensor logits = at::empty({N, params[kHeadWeight].size(0)}, emb.options());
-  with_isa([&](auto isa) {
-    using Isa = decltype(isa);
+  with_isa([&](auto kernels) {
+    using Isa = decltype(kernels);
     if (dtype == at::kDouble) {
       TORCH_CHECK(matrix_dtype == at::kDouble, "fastgpt._C.decode_step: float64 embeddings need float64 weights");
       return step<Isa, double, double>(tp, N, pos, params, scales, cache, n_head, eps, logits.data_ptr<double>());

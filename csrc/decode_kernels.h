@@ -136,7 +136,8 @@ inline void attend_row(const T* q, const T* k, const T* v, int64_t L, int64_t D,
 }
 
 // The entry points decode.cpp calls: out of line, so that each is compiled whole for this target.
-struct Decode {
+namespace {
+struct Kernels {
   template <typename T, typename W>
   static void linear(const T* x, int64_t N, int64_t K, const W* w, const T* scale, const T* bias, Epilogue epilogue,
                      int64_t m0, int64_t m1, T* y, int64_t ldy) {
@@ -151,6 +152,7 @@ struct Decode {
     attend_row(q, k, v, L, D, scale, p, out);
   }
 };
+}  // namespace
 
 }  // namespace FASTGPT_ISA
 }  // namespace fastgpt

@@ -1,13 +1,13 @@
 // Compiles the kernel header named by FASTGPT_KERNELS three times: for the baseline x86-64/ARM
 // target (namespace fastgpt::baseline) and, with GCC on x86-64, for AVX2 + FMA (fastgpt::avx2) and
-// AVX-512 (fastgpt::avx512). isa_in_use() says at run time which copy to call: a portable build that
-// is still fast, with no host-specific build flag. Include it once per .cpp file, after the torch
-// headers and with FASTGPT_KERNELS defined as a quoted header name.
+// AVX-512 (fastgpt::avx512); with_isa calls the copy of the instruction set in use (isa.h): a
+// portable build that is still fast, with no host-specific build flag. Include it once per .cpp
+// file, after the torch headers and with FASTGPT_KERNELS defined as a quoted header name that
+// defines the struct Kernels of each copy.
 #pragma once
 
-#include <atomic>
-
 #include "attention_common.h"
+#include "isa.h"
 
 // The kernels pass kLanes-wide vectors between inline functions only; GCC's note that such
 // arguments would change the ABI of an out-of-line call does not apply.
@@ -50,25 +50,20 @@
 #endif
 
 namespace fastgpt {
+namespace {  // each .cpp file has its own Kernels, and so its own with_isa
 
-enum class IsaLevel { baseline, avx2, avx512 };
-inline const char* const kIsaNames[] = {"baseline", "avx2+fma", "avx512"};
-
-inline IsaLevel best_isa() {
+// Runs f(Kernels{}) with the copy of FASTGPT_KERNELS compiled for the instruction set in use.
+template <typename F>
+void with_isa(F&& f) {
 #ifdef FASTGPT_HAVE_X86_COPIES
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return IsaLevel::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IsaLevel::avx2;
+  switch (isa_in_use().load()) {
+    case IsaLevel::avx512: return f(avx512::Kernels{});
+    case IsaLevel::avx2: return f(avx2::Kernels{});
+    case IsaLevel::baseline: break;
+  }
 #endif
-  return IsaLevel::baseline;
+  f(baseline::Kernels{});
 }
 
-// The copy every kernel runs: the best this CPU has, unless set_instruction_set chose a lower one.
-// One variable for the whole extension (an inline function's static is shared by every .cpp).
-inline std::atomic<IsaLevel>& isa_in_use() {
-  static std::atomic<IsaLevel> level{best_isa()};
-  return level;
-}
-
+}  // namespace
 }  // namespace fastgpt

@@ -1,5 +1,5 @@
 """The sampling step in one call: one new position per sequence through the whole model, its keys
-and values appended to the `KVCache`, by the C++ extension (`fastgpt._C.decode_step`, csrc/decode.cpp).
+and values appended to the `KVCache`, by the C++ extension (`fastgpt._C.decode_step`, csrc/decode.cpp; `fastgpt.ops.cpu` imports it).
 
 At a few sequences a step reads every weight once for two flops each (~43 MB at the lecture's
 GPU size in float32), so memory bandwidth is the limit; the PyTorch modules spend most of a step on
@@ -18,12 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-try:
-    from fastgpt import _C
-    _IMPORT_ERROR: Optional[str] = None
-except ImportError as error:  # built without the extension: the model's forward takes the steps
-    _C = None
-    _IMPORT_ERROR = f"the C++ extension fastgpt._C is not built ({error})"
+from fastgpt.ops import cpu
 
 DTYPES = ("bfloat16", "int8")  # besides None: the model's own weights
 
@@ -32,8 +27,8 @@ def unsupported(model, dtype: Optional[str] = None) -> Optional[str]:
     """Why the C++ step cannot run this model, or None when it can."""
     weight = model.token_embedding.weight
     head_size = model.config.n_embd // model.config.n_head
-    if _C is None:
-        return _IMPORT_ERROR
+    if cpu.missing is not None:
+        return cpu.missing
     if weight.device.type != "cpu":
         return f"the C++ step runs on CPU, not {weight.device.type}"
     if weight.dtype not in (torch.float32, torch.float64):
@@ -131,7 +126,7 @@ class Decoder:
 
     def __call__(self, token: Tensor) -> Tensor:
         pos = self.cache.length
-        logits = _C.decode_step(token, pos, self.params, self.scales, self.kv, self.n_head, self.eps)
+        logits = cpu.extension.decode_step(token, pos, self.params, self.scales, self.kv, self.n_head, self.eps)
         for layer in self.cache.layers:
             layer.length = pos + 1
         return logits

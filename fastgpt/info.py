@@ -1,16 +1,19 @@
 """`python -m fastgpt.info`: versions, devices, which attention backends can run here and why not.
 
 Lists each backend for float32 inputs with the head size of the cpu preset, on the CPU and, when
-present, on CUDA; then what `auto` picks, and the instruction set the C++ kernels use."""
+present, on CUDA; then what `auto` picks, whether residual dropout is fused, and the instruction set
+the C++ kernels use."""
 import argparse
+import importlib.metadata
 import platform
 from typing import Optional
 
 import torch
 
 import fastgpt
-from fastgpt.attention import backend_status, cpu, resolve_backend, triton
+from fastgpt.attention import backend_status, residual_dropout_status, resolve_backend
 from fastgpt.cli import run_cli
+from fastgpt.ops import cpu, cuda
 
 HEAD_SIZE = 8  # the cpu preset's (n_embd 32 / n_head 4)
 
@@ -20,7 +23,8 @@ def device_types() -> list[str]:
 
 
 def versions() -> str:
-    triton_version = "not installed" if triton.kernels is None else triton.kernels.triton.__version__
+    # The installed version, read without importing Triton (slow, and of no use without CUDA).
+    triton_version = "not installed" if cuda.missing else importlib.metadata.version("triton")
     return (f"fastgpt {fastgpt.__version__}, torch {torch.__version__}, triton {triton_version}, "
             f"Python {platform.python_version()}")
 
@@ -35,6 +39,8 @@ def report() -> str:
             lines.append(f"  {backend:<7} {'available' if reason is None else 'unavailable: ' + reason}")
         probe = torch.empty(1, 1, 1, HEAD_SIZE, device=device_type)
         lines.append(f"  auto -> {resolve_backend('auto', probe)}")
+        reason = residual_dropout_status(device_type)
+        lines.append(f"  residual dropout: {'fused' if reason is None else 'reference: ' + reason}")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ Token + position embeddings, `n_layer` pre-LayerNorm blocks of causal multi-head
 final LayerNorm and a linear head; weights initialised from N(0, 0.02). The lecture keeps one
 key/query/value Linear per head; here they are stacked into one Linear, the same maths, and the
 dropout of each block's attention and MLP output is fused with its residual add
-(`fastgpt.dropout.dropout_add`).
+(`fastgpt.attention.dropout_add`).
 Attention goes through `fastgpt.attention.causal_attention`, the one dispatch point for the
 torch, C++ and Triton backends.
 
@@ -19,9 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastgpt.attention import causal_attention, causal_attention_qkv, reference_attention
-from fastgpt.attention.op import merge_heads, split_heads
-from fastgpt.dropout import dropout_add
+from fastgpt.attention import causal_attention, causal_attention_qkv, dropout_add, reference_attention
+from fastgpt.ops.layout import merge_heads, split_heads
 from fastgpt.generate import generate_tokens
 
 

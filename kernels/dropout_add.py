@@ -1,13 +1,14 @@
 """Fused residual dropout in Triton: out = x·keep·keep_scale (+ residual), one pass, with the keep
-bits of `fastgpt.dropout.keep_mask` (element n takes draw n % 8 of the Philox call at counter
-(n // 8 lo, n // 8 hi, 0, 0)). `fastgpt.dropout` registers the launcher as the CUDA kernel of the
-ops `fastgpt::dropout_add` and `fastgpt::dropout_add_backward`. Any float dtype, computed in fp32."""
+bits of `fastgpt.ops.mask.residual_keep_mask` (element n takes draw n % 8 of the Philox call at
+counter (n // 8 lo, n // 8 hi, 0, 0)). `fastgpt.ops.cuda` registers the launchers as the CUDA
+kernels of the ops `fastgpt::dropout_add` and `fastgpt::dropout_add_backward`. Any float dtype,
+computed in fp32."""
 import torch
 import triton
 import triton.language as tl
 
-from fastgpt.attention.reference import dropout_keep_scale, dropout_threshold
 from fastgpt.kernels.philox import philox_draws
+from fastgpt.ops.mask import dropout_keep_scale, dropout_threshold
 
 BLOCK = 1024  # elements per program, a multiple of 8
 
@@ -30,9 +31,17 @@ def _dropout_add_kernel(X, RESIDUAL, OUT, n_elements, seed, threshold, keep_scal
     tl.store(OUT + offsets, out.to(OUT.dtype.element_ty), mask=inside)
 
 
-def dropout_add(x: torch.Tensor, residual: torch.Tensor | None, dropout_p: float,
-                seed: torch.Tensor) -> torch.Tensor:
-    """x·keep·keep_scale + residual (residual may be None), in the promoted dtype of x and residual."""
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, dropout_p: float, seed: torch.Tensor) -> torch.Tensor:
+    """fastgpt::dropout_add: x·keep·keep_scale + residual, in the promoted dtype of x and residual."""
+    return _dropped(x, residual, dropout_p, seed)
+
+
+def dropout_add_backward(grad: torch.Tensor, dropout_p: float, seed: torch.Tensor) -> torch.Tensor:
+    """fastgpt::dropout_add_backward: grad·keep·keep_scale, the forward's keep bits."""
+    return _dropped(grad, None, dropout_p, seed)
+
+
+def _dropped(x: torch.Tensor, residual: torch.Tensor | None, dropout_p: float, seed: torch.Tensor) -> torch.Tensor:
     dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     x = x.contiguous()
     residual = None if residual is None else residual.contiguous()

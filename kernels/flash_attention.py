@@ -1,7 +1,8 @@
 """Fused causal attention in Triton: FlashAttention-2 forward and backward with in-kernel dropout.
 
-Installed as `fastgpt.kernels.flash_attention`; `fastgpt.attention.triton` registers the launchers
-below as the CUDA kernels of the op `fastgpt::causal_attention` (and of its backward op).
+Installed as `fastgpt.kernels.flash_attention`; `fastgpt.ops.cuda` registers the launchers below as
+the CUDA kernels of the ops `fastgpt::causal_attention`, `::causal_attention_qkv` and their backward
+ops.
 
 What it computes: out = dropout(softmax(q kᵀ / sqrt(D) + causal mask)) v for q, k, v (B, H, T, D),
 and the row logsumexp of the masked, scaled scores (natural log, float32), which the backward uses
@@ -17,7 +18,7 @@ Supports
 - dropout on the attention weights from Philox in the kernel: one tl.philox call (counter: column
   block j // 8, row i, b·H + h) gives the 16-bit draws of 8 neighbouring weights, kept iff
   >= round(p·2**16), and kept weights are scaled by 1/(1 - p_eff); the backward regenerates the
-  same mask, nothing is stored. This is the mask of `fastgpt.attention.reference.keep_mask`, so CPU
+  same mask, nothing is stored. This is the mask of `fastgpt.ops.mask.attention_keep_mask`, so CPU
   and GPU runs match element by element.
 
 How: the forward walks key tiles left of the diagonal without any mask, then the diagonal tiles
@@ -40,9 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgpt.attention.op import heads, split_heads
-from fastgpt.attention.reference import dropout_keep_scale, dropout_threshold
 from fastgpt.kernels.philox import philox_draws
+from fastgpt.ops.layout import heads, split_heads
+from fastgpt.ops.mask import dropout_keep_scale, dropout_threshold
 
 # Whether Triton was told to interpret (TRITON_INTERPRET=1) when these kernels were decorated:
 # then they run on CPU tensors in Triton's interpreter; otherwise they need a CUDA device.

@@ -1,9 +1,9 @@
-"""Dropout draws for the Triton kernels: the counter-based RNG of `fastgpt.attention.reference` (one
-Philox-4x32 call gives the 16-bit draws of 8 neighbouring elements), bit for bit."""
+"""Dropout draws for the Triton kernels: the counter-based RNG of `fastgpt.ops.mask` (one Philox-4x32
+call gives the 16-bit draws of 8 neighbouring elements), bit for bit."""
 import triton
 import triton.language as tl
 
-from fastgpt.attention.reference import PHILOX_ROUNDS as _ROUNDS
+from fastgpt.ops.mask import PHILOX_ROUNDS as _ROUNDS
 
 PHILOX_ROUNDS = tl.constexpr(_ROUNDS)
 

@@ -1,11 +1,19 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-# Triton reads TRITON_INTERPRET when it decorates its kernels, i.e. when fastgpt is first imported,
-# so it is set here, before any test module imports fastgpt: without a GPU the Triton kernels then
-# run in Triton's interpreter on CPU tensors (tests/test_attention.py).
+# The tests import the installed fastgpt (the package a user gets) with pytest's importlib mode, which
+# leaves sys.path alone; the checkout's own helpers (bench/, tests/) are appended after site-packages,
+# so the checkout's fastgpt/ never hides the installed one.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path += [str(ROOT), str(ROOT / "tests")]
+
+# Triton reads TRITON_INTERPRET when it decorates its kernels, i.e. when they are first imported,
+# so it is set here, before any test imports them: without a GPU the Triton kernels then run in
+# Triton's interpreter on CPU tensors (tests/triton_cpu.py).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -7,13 +7,13 @@ how far is measured here with a bound that catches a broken kernel, not asserted
 import pytest
 import torch
 
-import fastgpt.decode as decode
 from bench.lecture_gpt import GPTLanguageModel
 from fastgpt.convert import gpt_from_lecture
 from fastgpt.decode import Decoder, one_position_step, unsupported
 from fastgpt.model import GPT, GPTConfig
+from fastgpt.ops import cpu
 
-needs_extension = pytest.mark.skipif(decode._C is None, reason="the C++ extension is not built")
+needs_extension = pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
 
 
 def model_of(dtype=torch.float64, n_embd=24, n_head=3, vocab_size=13, block_size=16, n_layer=2) -> GPT:
@@ -108,8 +108,7 @@ def test_narrow_weights_stay_close_to_float32(dtype):
 def test_without_the_extension_the_model_takes_the_steps(monkeypatch):
     model = model_of()
     idx = torch.randint(0, 13, (2, 16))
-    monkeypatch.setattr(decode, "_C", None)
-    monkeypatch.setattr(decode, "_IMPORT_ERROR", "the C++ extension fastgpt._C is not built")
+    monkeypatch.setattr(cpu, "missing", "the C++ extension fastgpt._C is not built")
     assert "not built" in unsupported(model)
     torch.testing.assert_close(step_logits(model, idx), full_logits(model, idx), rtol=1e-12, atol=1e-12)
     float32 = model_of(torch.float32)

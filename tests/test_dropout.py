@@ -1,23 +1,24 @@
 """The fused residual dropout `fastgpt::dropout_add`: the C++ and Triton kernels against the
-reference body (same keep bits), its gradients, opcheck, and the statistics of its mask."""
+reference (same keep bits), its gradients, opcheck, the dispatch point's fallback, and the
+statistics of its mask."""
 import math
 
 import pytest
 import torch
 
-from fastgpt import dropout
-from fastgpt.attention.reference import dropout_keep_scale, dropout_threshold
-from fastgpt.dropout import dropout_add, dropout_add_op, keep_mask
+import fastgpt.attention
+from fastgpt import ops
+from fastgpt.attention import dropout_add
+from fastgpt.attention.reference import reference_dropout_add as reference
+from fastgpt.ops import cpu
+from fastgpt.ops.mask import dropout_threshold, residual_keep_mask as keep_mask
+from triton_cpu import INTERPRETED, ON_CUDA, triton_kernels_on_cpu
 
-needs_cpp = pytest.mark.skipif(dropout._C is None, reason="the C++ extension is not built")
-needs_triton = pytest.mark.skipif(dropout.triton_kernels is None, reason="Triton is not installed")
+needs_cpp = pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
+needs_triton = pytest.mark.skipif(not (ON_CUDA or INTERPRETED), reason="Triton needs a GPU or TRITON_INTERPRET=1")
+dropout_add_op = ops.dropout_add
 
 SIZES = [1, 7, 8, 63, 64, 65, 4095, 4097, 3 * 4096 + 13]
-
-
-def reference(x, residual, p, seed):
-    keep = keep_mask(seed, x.numel(), p).view(x.shape)
-    return residual + x * keep * dropout_keep_scale(p)
 
 
 @needs_cpp
@@ -33,35 +34,44 @@ def test_cpu_kernel_matches_reference(n, dtype):
     assert torch.equal(kept, keep_mask(n + 5, n, 0.3))
 
 
+@pytest.fixture
+def triton_device():
+    """The device of the Triton kernels' tests: CUDA, or the CPU with the Triton kernels registered
+    as the ops' CPU kernels (the interpreter)."""
+    if ON_CUDA:
+        yield "cuda"
+    else:
+        with triton_kernels_on_cpu():
+            yield "cpu"
+
+
 @needs_triton
 @pytest.mark.parametrize("n", SIZES[:-1])
-def test_triton_kernel_matches_reference(n):
-    from fastgpt.kernels import dropout_add as kernels
-    if not kernels.triton.knobs.runtime.interpret and not torch.cuda.is_available():
-        pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    x, residual = torch.randn(n, device=device), torch.randn(n, device=device)
-    out = kernels.dropout_add(x, residual, 0.3, torch.tensor(n + 5))
+def test_triton_kernel_matches_reference(n, triton_device):
+    """Through the dispatcher, forward and backward op: the registrations as they run on CUDA."""
+    x, residual = torch.randn(n, device=triton_device), torch.randn(n, device=triton_device)
+    out = dropout_add_op(x, residual, 0.3, torch.tensor(n + 5))
     torch.testing.assert_close(out.cpu(), reference(x.cpu(), residual.cpu(), 0.3, n + 5))
-    dx = kernels.dropout_add(x, None, 0.3, torch.tensor(n + 5))
+    dx = ops.dropout_add_backward(x, 0.3, torch.tensor(n + 5))
     torch.testing.assert_close(dx.cpu(), reference(x.cpu(), torch.zeros(n), 0.3, n + 5))
 
 
 @needs_cpp
 def test_every_instruction_set_draws_the_same_bits():
     x, residual, seed = torch.ones(4097), torch.zeros(4097), torch.tensor(11)
-    best = dropout._C.instruction_set()
+    best = cpu.instruction_set()
     try:
         for isa in ("baseline", "avx2+fma", "avx512"):
             try:
-                dropout._C.set_instruction_set(isa)
+                cpu.set_instruction_set(isa)
             except RuntimeError:
                 continue  # this CPU does not run it
             assert torch.equal(dropout_add_op(x, residual, 0.3, seed) != 0, keep_mask(11, 4097, 0.3)), isa
     finally:
-        dropout._C.set_instruction_set(best)
+        cpu.set_instruction_set(best)
 
 
+@needs_cpp
 def test_mixed_dtypes_promote():
     x, residual = torch.randn(4, 40, dtype=torch.bfloat16), torch.randn(4, 40)
     out = dropout_add(x, residual, 0.2, seed=3)
@@ -69,6 +79,7 @@ def test_mixed_dtypes_promote():
     torch.testing.assert_close(out, reference(x.float(), residual, 0.2, 3))
 
 
+@needs_cpp
 def test_gradcheck_and_opcheck():
     x = torch.randn(3, 5, 11, dtype=torch.float64, requires_grad=True)
     residual = torch.randn(3, 5, 11, dtype=torch.float64, requires_grad=True)
@@ -96,7 +107,17 @@ def test_keep_rate_and_independence():
     assert abs(torch.corrcoef(torch.stack([m, other_seed]))[0, 1].item()) < bound
 
 
+@needs_cpp
 def test_unbiased():
     x, residual = torch.randn(50, dtype=torch.float64), torch.zeros(50, dtype=torch.float64)
     outs = torch.stack([dropout_add(x, residual, 0.3, seed=s) for s in range(4000)])
     assert ((outs.mean(0) - x).abs() <= 5 * outs.std(0) / math.sqrt(4000) + 1e-12).all()
+
+
+def test_without_a_kernel_the_dispatch_point_runs_the_reference(monkeypatch):
+    """A device whose kernels are missing gets the reference, with the same mask, and says why."""
+    monkeypatch.setattr(cpu, "missing", "the C++ extension fastgpt._C is not built (test)")
+    assert "not built" in fastgpt.attention.residual_dropout_status("cpu")
+    x, residual = torch.randn(3, 70), torch.randn(3, 70)
+    assert torch.equal(dropout_add(x, residual, 0.25, seed=4), reference(x, residual, 0.25, 4))
+    assert "no fused residual dropout for meta" in fastgpt.attention.residual_dropout_status("meta")

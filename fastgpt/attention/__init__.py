@@ -1,4 +1,4 @@
-"""Causal self-attention: the one dispatch point for every backend.
+"""The one dispatch point: which kernels run the model's fused ops, attention and residual dropout.
 
 `causal_attention(q, k, v, dropout_p, backend)` takes q, k, v shaped (B, H, T, D), applies the
 causal mask and the 1/sqrt(D) scale of the lecture, drops attention weights with probability
@@ -6,18 +6,18 @@ causal mask and the 1/sqrt(D) scale of the lecture, drops attention weights with
 
 - ``torch``: the lecture's maths in plain PyTorch (`reference.py`). The reference, and what runs
   whenever a fused path cannot.
-- ``cpp``: the fused CPU kernels of the C++ extension (csrc/, registered in `cpu.py`).
-- ``triton``: the fused Triton kernels on CUDA (kernels/, registered in `triton.py`).
+- ``cpp``: the fused CPU kernels of the C++ extension (csrc/, `fastgpt.ops.cpu`).
+- ``triton``: the fused Triton kernels on CUDA (kernels/, `fastgpt.ops.cuda`).
 - ``sdpa``: `torch.nn.functional.scaled_dot_product_attention`, PyTorch's own kernel; a baseline
   for benchmarks (it draws its own dropout mask, so it takes no `seed`).
 
-The fused backends are one registered op, ``fastgpt::causal_attention`` (`op.py`), with a kernel
-per device. Their dropout is a pure function of a seed and the element's position (see
-`dropout_keep_mask`), so CPU and GPU runs share the same mask.
+The fused backends call the ops of `fastgpt.ops`, whose kernel the tensor's device picks. Their
+dropout is a pure function of a seed and the element's position (see `dropout_keep_mask`), so CPU
+and GPU runs share the same mask. `dropout_add` (the residual dropout) runs the op
+fastgpt::dropout_add wherever the device has its kernel, and the reference, with the same mask,
+where it has none (`residual_dropout_status` says which).
 
-To add a backend: write its kernels, register them for their device with `op.register_kernels` in
-a module of their own here, and add a `Backend` to `_BACKENDS` below with the function that says
-when it cannot run.
+To add a backend: see "Adding a backend" in ARCHITECTURE.md.
 """
 import warnings
 from dataclasses import dataclass
@@ -27,11 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgpt.attention import cpu, op, reference, triton
-from fastgpt.attention.reference import reference_attention
+from fastgpt import ops
+from fastgpt.attention.reference import reference_attention, reference_dropout_add
+from fastgpt.ops import cpu, cuda
+from fastgpt.ops.layout import merge_heads, split_heads
+from fastgpt.ops.mask import attention_keep_mask, draw_seed
 
-__all__ = ["BACKENDS", "causal_attention", "causal_attention_qkv", "dropout_keep_mask", "backend_status",
-           "explain", "resolve", "resolve_backend", "reference_attention"]
+__all__ = ["BACKENDS", "causal_attention", "causal_attention_qkv", "dropout_add", "dropout_keep_mask",
+           "backend_status", "residual_dropout_status", "explain", "resolve", "resolve_backend",
+           "reference_attention"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def _torch_attend(q, k, v, dropout_p, seed):
     keep = None
     if seed is not None and dropout_p > 0:
         B, H, T, _ = q.shape
-        keep = reference.keep_mask(int(seed), B, H, T, dropout_p, q.device)
+        keep = attention_keep_mask(int(seed), B, H, T, dropout_p, q.device)
     return reference_attention(q, k, v, dropout_p, keep)
 
 
@@ -63,21 +67,21 @@ _UNUSED_SEED = torch.zeros((), dtype=torch.int64)  # p = 0 draws no mask: no ten
 
 def _fused_attend(q, k, v, dropout_p, seed):
     if seed is None:
-        seed = op.draw_seed() if dropout_p > 0 else _UNUSED_SEED
-    return op.causal_attention(q, k, v, dropout_p, seed)[0]
+        seed = draw_seed() if dropout_p > 0 else _UNUSED_SEED
+    return ops.causal_attention(q, k, v, dropout_p, seed)[0]
 
 
 def _fused_attend_qkv(qkv, n_head, dropout_p, seed):
     if seed is None:
-        seed = op.draw_seed() if dropout_p > 0 else _UNUSED_SEED
-    return op.causal_attention_qkv(qkv, n_head, dropout_p, seed)[0]
+        seed = draw_seed() if dropout_p > 0 else _UNUSED_SEED
+    return ops.causal_attention_qkv(qkv, n_head, dropout_p, seed)[0]
 
 
 def _on_heads(attend):
     """A backend without a packed kernel on the packed layout: it attends views of qkv, and its
     (B, H, T, D) output is copied into (B, T, C)."""
     def attend_qkv(qkv, n_head, dropout_p, seed):
-        return op.merge_heads(attend(*op.split_heads(qkv, n_head), dropout_p, seed))
+        return merge_heads(attend(*split_heads(qkv, n_head), dropout_p, seed))
     return attend_qkv
 
 
@@ -88,9 +92,9 @@ def _sdpa_attend(q, k, v, dropout_p, seed):
 
 
 _BACKENDS: dict[str, Backend] = {
-    "torch": Backend(_always, _torch_attend, _on_heads(_torch_attend), reference.keep_mask),
+    "torch": Backend(_always, _torch_attend, _on_heads(_torch_attend), attention_keep_mask),
     "cpp": Backend(cpu.unsupported, _fused_attend, _fused_attend_qkv, cpu.keep_mask),
-    "triton": Backend(triton.unsupported, _fused_attend, _fused_attend_qkv, triton.keep_mask),
+    "triton": Backend(cuda.unsupported, _fused_attend, _fused_attend_qkv, cuda.keep_mask),
     "sdpa": Backend(_always, _sdpa_attend, _on_heads(_sdpa_attend)),
 }
 BACKENDS = tuple(_BACKENDS)
@@ -184,3 +188,30 @@ def dropout_keep_mask(seed: int, B: int, H: int, T: int, p: float, backend: str 
         raise RuntimeError(f"the {backend} backend is off: "
                            f"{_BACKENDS[backend].unsupported('cpu', torch.float32, 8)}")
     return make(seed, B, H, T, p)
+
+
+# Where fastgpt::dropout_add has a kernel: the device module's reason when it is off.
+_DROPOUT_KERNELS = {"cpu": cpu, "cuda": cuda}
+
+
+def residual_dropout_status(device_type: str) -> Optional[str]:
+    """Why residual dropout runs the reference on this device type (None: the fused op runs)."""
+    kernels = _DROPOUT_KERNELS.get(device_type)
+    if kernels is None:
+        return f"fastgpt has no fused residual dropout for {device_type} tensors"
+    return kernels.missing
+
+
+def dropout_add(x: Tensor, residual: Tensor, dropout_p: float, seed: Optional[Tensor | int] = None) -> Tensor:
+    """residual + dropout(x, dropout_p) (the lecture's `x + dropout(proj(...))`), in one pass where
+    the device has the fused kernel. Each call draws its seed from torch's generator unless given
+    one (so torch.manual_seed fixes the masks); p = 0 is a plain add."""
+    if dropout_p == 0:
+        return residual + x
+    if seed is None:
+        seed = draw_seed()
+    elif isinstance(seed, int):
+        seed = torch.tensor(seed, dtype=torch.int64)
+    if residual_dropout_status(x.device.type) is None:
+        return ops.dropout_add(x, residual, dropout_p, seed)
+    return reference_dropout_add(x, residual, dropout_p, int(seed))

@@ -1,0 +1,45 @@
+// What the .cpp files of fastgpt._C share: the checks and conversions around the kernels, and the
+// functions module.cpp binds to Python. The ops themselves are registered with TORCH_LIBRARY_IMPL in
+// the file of their kernels; their schemas live in fastgpt/ops/.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fastgpt {
+
+// The dtype the kernels compute a `dtype` result in: float32, or float64 for float64 (gradcheck).
+inline at::ScalarType compute_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu(), "fastgpt._C: expected a CPU tensor, got ", t.device());
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "fastgpt._C: dtype ", dtype, " is not float32, float64 or bfloat16");
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline at::ScalarType compute_dtype(const at::Tensor& t) { return compute_dtype(t, t.scalar_type()); }
+
+inline at::Tensor prepared(const at::Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline void check_dropout_p(double p) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "fastgpt._C: dropout_p must be in [0, 1), got ", p);
+}
+
+// The ops take their dropout seed as a 0-dim int64 tensor, so that torch.compile keeps it in the graph.
+inline int64_t seed_value(const at::Tensor& seed) {
+  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong, "fastgpt._C: the seed must be one int64");
+  return seed.item<int64_t>();
+}
+
+// attention.cpp
+at::Tensor keep_mask(int64_t seed, int64_t B, int64_t H, int64_t T, double dropout_p);
+// decode.cpp
+at::Tensor decode_step(const at::Tensor& tokens, int64_t pos, const std::vector<at::Tensor>& params,
+                       const std::vector<at::Tensor>& scales, const std::vector<at::Tensor>& cache, int64_t n_head,
+                       double eps);
+
+}  // namespace fastgpt

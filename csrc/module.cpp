@@ -1,0 +1,36 @@
+// fastgpt._C, the Python module: importing it registers the CPU kernels of every fastgpt op
+// (TORCH_LIBRARY_IMPL in attention.cpp and dropout.cpp; fastgpt/ops/cpu.py is the one importer) and
+// binds what is not an op: the instruction-set choice, the attention dropout mask and the sampling step.
+#include <torch/extension.h>
+
+#include <string>
+
+#include "extension.h"
+#include "isa.h"
+
+namespace fastgpt {
+namespace {
+
+// Which instruction set the kernels run with on this CPU.
+std::string instruction_set() { return kIsaNames[static_cast<int>(isa_in_use().load())]; }
+
+// Runs the kernels with a lower instruction set than the best (to compare the copies).
+void set_instruction_set(const std::string& name) {
+  for (int level = 0; level <= static_cast<int>(best_isa()); ++level)
+    if (name == kIsaNames[level]) return isa_in_use().store(static_cast<IsaLevel>(level));
+  TORCH_CHECK(false, "fastgpt._C: instruction set '", name, "' is not one this CPU runs (best: ",
+              kIsaNames[static_cast<int>(best_isa())], ")");
+}
+
+}  // namespace
+}  // namespace fastgpt
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastgpt's CPU kernels: every op's CPU kernel is registered on import; the sampling step";
+  m.def("keep_mask", &fastgpt::keep_mask, "(seed, B, H, T, dropout_p) -> bool (B, H, T, T) attention keep mask");
+  m.def("instruction_set", &fastgpt::instruction_set, "the instruction set the kernels use on this CPU");
+  m.def("set_instruction_set", &fastgpt::set_instruction_set,
+        "run the kernels compiled for this instruction set (baseline, avx2+fma, avx512), at most the CPU's best");
+  m.def("decode_step", &fastgpt::decode_step,
+        "(tokens, pos, params, scales, cache, n_head, eps) -> logits (N, vocab): one sampling step");
+}
