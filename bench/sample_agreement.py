@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgpt.checkpoint import load
-from fastgpt.decode import DTYPES, one_position_step
+from fastgpt.decode import DTYPES, cached_steps
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def step_logits(model, tokens, dtype):
     """Next-token logits (B, T, V) along tokens (B, T + 1), one cached step per position."""
     cache = model.kv_cache(tokens.size(0))
     logits = [model(tokens[:, :1], cache=cache)[0][:, -1]]
-    step = one_position_step(model, cache, dtype)
+    step = cached_steps(model, cache, dtype)
     logits += [step(tokens[:, t].contiguous()) for t in range(1, tokens.size(1) - 1)]
     return torch.stack(logits, dim=1)
 

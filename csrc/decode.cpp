@@ -1,5 +1,5 @@
-// fastgpt._C.decode_step: one sampling step of the GPT in one call. Each of N sequences adds one
-// position: its token and position embeddings go through every block (LayerNorm, the qkv
+// fastgpt._C.decode_step: sampling steps of the GPT in one call. Each of N sequences adds one
+// position per step (L steps for a (N, L) block of tokens: a refill of the cache is one call): its token and position embeddings go through every block (LayerNorm, the qkv
 // projection, its key and value written into the cache, attention over the cached positions, the
 // output projection, LayerNorm, the ReLU MLP, both residuals) and the final LayerNorm and head,
 // giving the next-token logits (N, vocab). fastgpt/decode.py packs the model's tensors for it.
@@ -86,21 +86,35 @@ void step(const int64_t* tokens, int64_t N, int64_t pos, at::TensorList params, 
     linear(h.data(), C, p + kFcWeight, p + kFcBias, matrix + 2, Epilogue::kRelu, hidden.data());
     linear(hidden.data(), 4 * C, p + kFc2Weight, p + kFc2Bias, matrix + 3, Epilogue::kAdd, x.data());
   }
+  if (logits == nullptr) return;  // a position whose keys and values are all that is wanted
   Isa::layer_norm(x.data(), N, C, vec(kFinalNormWeight), vec(kFinalNormBias), eps, h.data());
   linear(h.data(), C, kHeadWeight, kHeadBias, layers * kMatricesPerLayer, Epilogue::kStore, logits);
 }
 
+// step() for positions pos .. pos + L - 1 of tokens (L, N), one after the other, each appending its
+// keys and values to the cache; the logits are those of the last.
+template <typename Isa, typename T, typename W>
+void steps(const int64_t* tokens, int64_t L, int64_t N, int64_t pos, at::TensorList params, at::TensorList scales,
+           at::TensorList cache, int64_t H, double eps, T* logits) {
+  for (int64_t s = 0; s < L; ++s)
+    step<Isa, T, W>(tokens + s * N, N, pos + s, params, scales, cache, H, eps, s == L - 1 ? logits : nullptr);
+}
+
 }  // namespace
 
-Tensor decode_step(const Tensor& tokens, int64_t pos, const std::vector<Tensor>& params,
+Tensor decode_step(const Tensor& tokens_in, int64_t pos, const std::vector<Tensor>& params,
                    const std::vector<Tensor>& scales, const std::vector<Tensor>& cache, int64_t n_head, double eps) {
-  TORCH_CHECK(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.is_contiguous(),
-              "fastgpt._C.decode_step: tokens must be a contiguous int64 vector");
+  TORCH_CHECK((tokens_in.dim() == 1 || tokens_in.dim() == 2) && tokens_in.scalar_type() == at::kLong,
+              "fastgpt._C.decode_step: tokens must be int64, (N,) or (N, L)");
+  TORCH_CHECK(tokens_in.dim() == 1 || tokens_in.size(1) > 0, "fastgpt._C.decode_step: no positions to step");
+  // (L, N): the tokens of each position side by side
+  const Tensor tokens = tokens_in.dim() == 1 ? tokens_in.unsqueeze(0).contiguous() : tokens_in.t().contiguous();
+  const int64_t L = tokens.size(0);
   TORCH_CHECK(cache.size() % 2 == 0 && !cache.empty() &&
                   static_cast<int64_t>(params.size()) == kGlobal + kPerLayer * static_cast<int64_t>(cache.size() / 2),
               "fastgpt._C.decode_step: expected ", kGlobal, " + ", kPerLayer, " tensors per layer and a key and a "
               "value cache per layer, got ", params.size(), " and ", cache.size());
-  const int64_t layers = cache.size() / 2, N = tokens.size(0);
+  const int64_t layers = cache.size() / 2, N = tokens.size(1);
   TORCH_CHECK(scales.empty() || static_cast<int64_t>(scales.size()) == layers * kMatricesPerLayer + 1,
               "fastgpt._C.decode_step: expected no scales or one per weight matrix");
   const Tensor& emb = params[kTokenEmbedding];
@@ -115,8 +129,8 @@ Tensor decode_step(const Tensor& tokens, int64_t pos, const std::vector<Tensor>&
                     t.size(1) == n_head && t.size(3) == C / n_head,
                 "fastgpt._C.decode_step: each cache must be a contiguous (N, n_head, block, head size) tensor "
                 "of the embeddings' dtype");
-  TORCH_CHECK(0 <= pos && pos < cache[0].size(2) && pos < params[kPositionEmbedding].size(0),
-              "fastgpt._C.decode_step: position ", pos, " is past the cache");
+  TORCH_CHECK(0 <= pos && pos + L <= cache[0].size(2) && pos + L <= params[kPositionEmbedding].size(0),
+              "fastgpt._C.decode_step: positions ", pos, " to ", pos + L - 1, " are past the cache");
   const auto matrix_dtype = params[kHeadWeight].scalar_type();
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& t = params[i];
@@ -141,7 +155,7 @@ Tensor decode_step(const Tensor& tokens, int64_t pos, const std::vector<Tensor>&
   for (const Tensor& s : scales)
     TORCH_CHECK(s.scalar_type() == at::kFloat && s.is_contiguous(), "fastgpt._C.decode_step: scales must be float32");
   const int64_t* tp = tokens.data_ptr<int64_t>();
-  for (int64_t n = 0; n < N; ++n)
+  for (int64_t n = 0; n < N * L; ++n)
     TORCH_CHECK(0 <= tp[n] && tp[n] < V, "fastgpt._C.decode_step: token ", tp[n], " is not below the vocabulary size ", V);
 
   Tensor logits = at::empty({N, params[kHeadWeight].size(0)}, emb.options());
@@ -149,15 +163,15 @@ Tensor decode_step(const Tensor& tokens, int64_t pos, const std::vector<Tensor>&
     using Isa = decltype(kernels);
     if (dtype == at::kDouble) {
       TORCH_CHECK(matrix_dtype == at::kDouble, "fastgpt._C.decode_step: float64 embeddings need float64 weights");
-      return step<Isa, double, double>(tp, N, pos, params, scales, cache, n_head, eps, logits.data_ptr<double>());
+      return steps<Isa, double, double>(tp, L, N, pos, params, scales, cache, n_head, eps, logits.data_ptr<double>());
     }
     float* out = logits.data_ptr<float>();
     switch (matrix_dtype) {
-      case at::kFloat: return step<Isa, float, float>(tp, N, pos, params, scales, cache, n_head, eps, out);
-      case at::kBFloat16: return step<Isa, float, uint16_t>(tp, N, pos, params, scales, cache, n_head, eps, out);
+      case at::kFloat: return steps<Isa, float, float>(tp, L, N, pos, params, scales, cache, n_head, eps, out);
+      case at::kBFloat16: return steps<Isa, float, uint16_t>(tp, L, N, pos, params, scales, cache, n_head, eps, out);
       case at::kChar:
         TORCH_CHECK(!scales.empty(), "fastgpt._C.decode_step: int8 weights need their row scales");
-        return step<Isa, float, int8_t>(tp, N, pos, params, scales, cache, n_head, eps, out);
+        return steps<Isa, float, int8_t>(tp, L, N, pos, params, scales, cache, n_head, eps, out);
       default: TORCH_CHECK(false, "fastgpt._C.decode_step: weight dtype ", matrix_dtype,
                            " is not float32, bfloat16 or int8");
     }

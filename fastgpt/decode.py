@@ -1,15 +1,17 @@
-"""The sampling step in one call: one new position per sequence through the whole model, its keys
-and values appended to the `KVCache`, by the C++ extension (`fastgpt._C.decode_step`, csrc/decode.cpp; `fastgpt.ops.cpu` imports it).
+"""The sampling steps in one call: new positions of each sequence through the whole model, one after
+the other, their keys and values appended to the `KVCache`, by the C++ extension
+(`fastgpt._C.decode_step`, csrc/decode.cpp). One position per drawn token inside the block; a whole
+window when the exact window refills the cache past it.
 
 At a few sequences a step reads every weight once for two flops each (~43 MB at the lecture's
 GPU size in float32), so memory bandwidth is the limit; the PyTorch modules spend most of a step on
 the ~100 operator calls around those reads instead. `dtype` stores the weight matrices narrower for
 the steps, fewer bytes per token: "bfloat16" (rounded to nearest) or "int8" (symmetric, one float
-scale per output row). Activations, sums, LayerNorm, softmax and the cache stay in the model's dtype,
-and full passes (the prompt, the exact window's refills) run the model as it is.
+scale per output row). Activations, sums, LayerNorm, softmax and the cache stay in the model's dtype.
+The prompt runs through the model as it is.
 
 Where the extension cannot run (not built, not a CPU model, a head size that is not a multiple of
-8), `one_position_step` runs the model's own forward instead, under torch.autocast for "bfloat16".
+8), `cached_steps` runs the model's own forward instead, under torch.autocast for "bfloat16".
 """
 import weakref
 from contextlib import nullcontext
@@ -40,9 +42,9 @@ def unsupported(model, dtype: Optional[str] = None) -> Optional[str]:
     return None
 
 
-def one_position_step(model, cache, dtype: Optional[str] = None) -> Callable[[Tensor], Tensor]:
-    """A function from the next token (B,) of each sequence, not yet in `cache`, to the logits
-    (B, vocab) of the position after it; it appends the token's keys and values to the cache."""
+def cached_steps(model, cache, dtype: Optional[str] = None) -> Callable[[Tensor], Tensor]:
+    """A function from the next tokens (B,) or (B, L) of each sequence, not yet in `cache`, to the
+    logits (B, vocab) of the position after the last; it appends their keys and values to the cache."""
     reason = unsupported(model, dtype)
     if reason is None:
         return Decoder(model, cache, dtype)
@@ -52,9 +54,9 @@ def one_position_step(model, cache, dtype: Optional[str] = None) -> Callable[[Te
     low_precision = dtype == "bfloat16" and weight.dtype != torch.bfloat16
     context = torch.autocast(weight.device.type, torch.bfloat16) if low_precision else nullcontext()
 
-    def step(token: Tensor) -> Tensor:
+    def step(tokens: Tensor) -> Tensor:
         with context:
-            return model(token[:, None], cache=cache)[0][:, -1].to(weight.dtype)
+            return model(tokens.view(tokens.size(0), -1), cache=cache)[0][:, -1].to(weight.dtype)
 
     return step
 
@@ -112,8 +114,8 @@ def packed(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
 
 
 class Decoder:
-    """The model's tensors packed for `fastgpt._C.decode_step`, bound to one cache; calling it
-    takes one step."""
+    """The model's tensors packed for `fastgpt._C.decode_step`, bound to one cache; calling it on
+    tokens (B,) or (B, L) takes one step per position, in one call."""
 
     def __init__(self, model, cache, dtype: Optional[str] = None):
         self.cache = cache
@@ -124,9 +126,9 @@ class Decoder:
         self.params, self.scales = packed(model, dtype)
         self.kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
 
-    def __call__(self, token: Tensor) -> Tensor:
+    def __call__(self, tokens: Tensor) -> Tensor:
         pos = self.cache.length
-        logits = cpu.extension.decode_step(token, pos, self.params, self.scales, self.kv, self.n_head, self.eps)
+        logits = cpu.extension.decode_step(tokens, pos, self.params, self.scales, self.kv, self.n_head, self.eps)
         for layer in self.cache.layers:
-            layer.length = pos + 1
+            layer.length = pos + (tokens.size(1) if tokens.dim() == 2 else 1)
         return logits

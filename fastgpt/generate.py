@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgpt.decode import DTYPES, one_position_step
+from fastgpt.decode import DTYPES, cached_steps
 
 WINDOWS = ("exact", "slide")
 # Below this the logits divided by the temperature can overflow float32 (inf - inf in the softmax
@@ -84,13 +84,13 @@ def draw(logits: Tensor, generators: Optional[list[torch.Generator]]) -> Tensor:
                       for p, g in zip(probs, generators)])
 
 
-def refill(model, cache, tokens: Tensor, window: str) -> Tensor:
+def refill(model, cache, step, tokens: Tensor, window: str) -> Tensor:
     """Logits (B, V) for the position after `tokens` (B, T) when the cache is full: the cache is
-    filled again, in one pass, with the last tokens that the window keeps."""
+    filled again, in one call of `step`, with the last tokens that the window keeps."""
     block_size = model.config.block_size
     keep = block_size if window == "exact" else block_size // 2 + 1
     cache.clear()
-    return model(tokens[:, -keep:], cache=cache)[0][:, -1]
+    return step(tokens[:, -keep:])
 
 
 def generate_tokens(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -110,7 +110,7 @@ def generate_tokens(model, idx: Tensor, max_new_tokens: int, temperature: float 
         generators = [torch.Generator(idx.device).manual_seed(seed + i) for i in range(idx.size(0))]
     cache = model.kv_cache(idx.size(0))
     with torch.no_grad():
-        step = one_position_step(model, cache, dtype)
+        step = cached_steps(model, cache, dtype)
     return _draw_tokens(model, idx, max_new_tokens, greedy, generators, window,
                         dict(temperature=temperature, top_k=top_k, top_p=top_p), cache, step)
 
@@ -127,7 +127,7 @@ def _draw_tokens(model, idx, max_new_tokens, greedy, generators, window, filters
         elif cache.length < block_size:
             logits = step(token)
         else:
-            logits = refill(model, cache, tokens[:, :t], window)
+            logits = refill(model, cache, step, tokens[:, :t], window)
         token = logits.argmax(dim=-1) if greedy else draw(filter_logits(logits, **filters), generators)
         tokens[:, t] = token
         yield token

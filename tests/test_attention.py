@@ -28,7 +28,8 @@ from fastgpt import ops
 from fastgpt.attention import (backend_status, causal_attention, causal_attention_qkv, dropout_keep_mask,
                                reference_attention, resolve_backend)
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.ops import cpu, cuda, mask
+from fastgpt.ops import cpu, cuda
+from fastgpt.ops import mask as philox
 
 DEVICE = "cuda" if ON_CUDA else "cpu"
 FUSED = ("cpp", "triton")
@@ -351,7 +352,7 @@ def test_model_with_fused_attention_matches_the_reference(fused):
 ])
 def test_philox_known_answers(rounds, key, counter, expected):
     # Random123's published vectors (kat_vectors) for philox4x32_7 and philox4x32_10
-    words = mask.philox4x32(key, tuple(torch.tensor([c]) for c in counter), rounds)
+    words = philox.philox4x32(key, tuple(torch.tensor([c]) for c in counter), rounds)
     assert tuple(w.item() for w in words) == expected
 
 
@@ -394,9 +395,9 @@ def test_every_cpp_instruction_set_matches_the_reference(cpp_instruction_set, p)
 
 
 def test_threshold_and_scale():
-    assert mask.dropout_threshold(0.2) == 13107 and mask.dropout_threshold(0.0) == 0
-    assert mask.dropout_threshold(1 - 1e-9) == 65535  # a draw is always kept: the scale is finite
-    assert mask.dropout_keep_scale(0.2) == 65536 / (65536 - 13107)
+    assert philox.dropout_threshold(0.2) == 13107 and philox.dropout_threshold(0.0) == 0
+    assert philox.dropout_threshold(1 - 1e-9) == 65535  # a draw is always kept: the scale is finite
+    assert philox.dropout_keep_scale(0.2) == 65536 / (65536 - 13107)
 
 
 def fast_mask(seed, B, H, T, p):
@@ -407,7 +408,7 @@ def fast_mask(seed, B, H, T, p):
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
 def test_keep_rate_is_binomial(p):
     mask = fast_mask(3, 8, 8, 384, p)  # 9.4 million draws
-    keep = 1 - mask.dropout_threshold(p) / 65536
+    keep = 1 - philox.dropout_threshold(p) / 65536
     sigma = math.sqrt(keep * (1 - keep) / mask.numel())
     assert abs(mask.double().mean().item() - keep) < 5 * sigma
 

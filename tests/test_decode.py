@@ -9,7 +9,7 @@ import torch
 
 from bench.lecture_gpt import GPTLanguageModel
 from fastgpt.convert import gpt_from_lecture
-from fastgpt.decode import Decoder, one_position_step, unsupported
+from fastgpt.decode import Decoder, cached_steps, unsupported
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.ops import cpu
 
@@ -36,7 +36,7 @@ def step_logits(model, idx, dtype=None):
     cache = model.kv_cache(idx.size(0))
     with torch.no_grad():
         model(idx[:, :1], cache=cache)
-        step = one_position_step(model, cache, dtype)
+        step = cached_steps(model, cache, dtype)
         return torch.stack([step(idx[:, t].contiguous()) for t in range(1, idx.size(1))], dim=1)
 
 
@@ -60,7 +60,7 @@ def test_step_gives_the_full_pass_logits(dtype, tol, B, n_embd, n_head):
 def test_the_step_runs_in_the_extension_and_writes_the_cache_in_place():
     model = model_of()
     cache = model.kv_cache(2)
-    step = one_position_step(model, cache)
+    step = cached_steps(model, cache)
     assert isinstance(step, Decoder)
     buffers = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgpt import generate
-from fastgpt.decode import one_position_step
+from fastgpt.decode import cached_steps
 from fastgpt.generate import check_options, draw, filter_logits
 from fastgpt.model import GPT, GPTConfig
 
@@ -99,25 +99,26 @@ def test_cache_is_written_in_place():
 
 
 def positions_per_pass(model, monkeypatch, **options):
-    """How many positions each pass of a generation runs: the model's full passes, and 1 for each
-    one-position step (fastgpt.decode's, whether the C++ step or the model's forward takes it)."""
+    """How many positions each pass of a generation runs: the model's full passes, and the positions
+    of each call of the cached steps (fastgpt.decode's, whether the C++ step or the model's forward
+    takes it)."""
     passes, in_step = [], []
     forward = model.forward
     model.forward = lambda idx, **kw: in_step or passes.append(idx.size(1)) or forward(idx, **kw)
 
     def counted(model, cache, dtype):
-        step = one_position_step(model, cache, dtype)
+        step = cached_steps(model, cache, dtype)
 
-        def counted_step(token):
-            passes.append(1)
+        def counted_step(tokens):
+            passes.append(tokens.size(1) if tokens.dim() == 2 else 1)
             in_step.append(True)
             try:
-                return step(token)
+                return step(tokens)
             finally:
                 in_step.clear()
         return counted_step
 
-    monkeypatch.setattr(generate, "one_position_step", counted)
+    monkeypatch.setattr(generate, "cached_steps", counted)
     model.generate(prompt(1, 3), 3 * BLOCK, **options)
     return passes
 
