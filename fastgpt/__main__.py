@@ -20,14 +20,16 @@ TOOLS = ("train", "sample", "prepare", "convert", "info")
 
 
 def bench(argv: list[str]) -> None:
-    """pytest-benchmark over bench/ (it ships with the source, not with the installed package)."""
+    """pytest-benchmark over bench/ of the checkout in the current directory, or of the editable
+    install's (the benchmarks ship with the source, not with the installed package)."""
     import pytest
 
-    bench_dir = Path(__file__).resolve().parent.parent / "bench"
-    if not (bench_dir / "conftest.py").is_file():
+    candidates = (Path.cwd() / "bench", Path(__file__).resolve().parent.parent / "bench")
+    bench_dir = next((d for d in candidates if (d / "conftest.py").is_file()), None)
+    if bench_dir is None:
         raise UserError("the benchmarks ship with the source, not the installed package; clone the "
-                        "repository, install it with `pip install --no-build-isolation -e '.[test]'` "
-                        "and run `fastgpt bench` (or `pytest bench/`) there")
+                        "repository, install it with `pip install --no-build-isolation '.[test]'` "
+                        "and run `fastgpt bench` (or `pytest bench/`) in the checkout")
     code = pytest.main([str(bench_dir), *argv])
     if code != 0:
         sys.exit(code)

@@ -57,6 +57,32 @@ def test_step_gives_the_full_pass_logits(dtype, tol, B, n_embd, n_head):
 
 
 @needs_extension
+@pytest.mark.parametrize("dtype", [None, "bfloat16", "int8"])
+def test_a_block_of_positions_in_one_call_is_the_steps_one_by_one(dtype):
+    """A refill: L positions in one call give the last position's logits and the cache of L single
+    steps, bit for bit."""
+    model = model_of(torch.float32)
+    idx = torch.randint(0, 13, (3, 11))
+    caches, logits = [model.kv_cache(3), model.kv_cache(3)], []
+    with torch.no_grad():
+        one_call = cached_steps(model, caches[0], dtype)
+        logits.append(one_call(idx))
+        steps = cached_steps(model, caches[1], dtype)
+        logits.append([steps(idx[:, t].contiguous()) for t in range(11)][-1])
+    assert torch.equal(logits[0], logits[1]) and caches[0].length == caches[1].length == 11
+    for a, b in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(a.keys[:, :, :11], b.keys[:, :, :11]) and torch.equal(a.values[:, :, :11], b.values[:, :, :11])
+
+
+@needs_extension
+def test_positions_past_the_cache_are_refused():
+    model = model_of(torch.float32)
+    cache = model.kv_cache(1)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="past the cache"):
+        cached_steps(model, cache)(torch.zeros(1, 17, dtype=torch.long))
+
+
+@needs_extension
 def test_the_step_runs_in_the_extension_and_writes_the_cache_in_place():
     model = model_of()
     cache = model.kv_cache(2)
