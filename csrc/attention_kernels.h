@@ -23,12 +23,6 @@ namespace FASTGPT_ISA {
 // whether this copy may use AVX2 intrinsics.
 // ---------------------------------------------------------------------------------------------
 
-template <typename T>
-inline Vec<T> lane_index() {
-  Vec<T> x;
-  for (int u = 0; u < kLanes; ++u) x[u] = static_cast<T>(u);
-  return x;
-}
 
 // z[c] = kept or 0 for the columns col0 + c, c < count (a multiple of kLanes), of row `row` of head
 // bh; col0 is a multiple of kDrawsPerCall.
@@ -44,32 +38,6 @@ inline void keep_multipliers(const Dropout& dr, uint64_t bh, int64_t row, int64_
       store(z + c, __builtin_convertvector(d, VecMask<T>) >= threshold ? splat(kept) : Vec<T>{});
     }
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// exp: a vector float exp (Cephes' polynomial, ~1 ulp) for arguments <= ~0; double uses std::exp
-// lane by lane (float64 is the gradcheck path, not a fast one).
-// ---------------------------------------------------------------------------------------------
-
-inline f32xL exp_approx(f32xL x) {
-  x = x > -87.0f ? x : splat(-87.0f);
-  const f32xL t = x * 1.44269504088896341f + 12582912.0f;  // 1.5·2^23: rounds x·log2(e) to an integer
-  const f32xL n = t - 12582912.0f;
-  const i32xL n_int = reinterpret_cast<i32xL>(t) - 0x4B400000;
-  const f32xL r = x - n * 0.693359375f - n * -2.12194440e-4f;  // x - n·ln 2 in two parts
-  f32xL poly = splat(1.9875691500e-4f);
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * r * r + r + 1.0f;
-  return reinterpret_cast<f32xL>(reinterpret_cast<i32xL>(poly) + (n_int << 23));  // times 2^n
-}
-
-inline f64xL exp_approx(f64xL x) {
-  for (int u = 0; u < kLanes; ++u) x[u] = std::exp(x[u]);
-  return x;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -125,13 +125,20 @@ inline void attend_row(const T* q, const T* k, const T* v, int64_t L, int64_t D,
     p[t] = horizontal_sum<T>(acc) * scale;
     max = std::max(max, p[t]);
   }
-  T sum = 0;
-  for (int64_t t = 0; t < L; ++t) sum += p[t] = std::exp(p[t] - max);
-  for (int64_t t = 0; t < L; ++t) p[t] /= sum;
+  Vec<T> sums{};
+  int64_t t = 0;
+  for (; t + kLanes <= L; t += kLanes) {
+    const Vec<T> e = exp_approx(load(p + t) - max);
+    store(p + t, e);
+    sums += e;
+  }
+  T sum = horizontal_sum<T>(sums);
+  for (; t < L; ++t) sum += p[t] = std::exp(p[t] - max);
+  const T norm = T(1) / sum;
   for (int64_t d = 0; d < D; d += kLanes) {
     Vec<T> acc{};
-    for (int64_t t = 0; t < L; ++t) acc += splat(p[t]) * load(v + t * D + d);
-    store(out + d, acc);
+    for (int64_t s = 0; s < L; ++s) acc += splat(p[s]) * load(v + s * D + d);
+    store(out + d, acc * norm);
   }
 }
 
