@@ -13,7 +13,8 @@ the per-character steps. `extra_info` holds the characters per second over all s
 fill the block exactly: every one of them is a cached step. The baseline is the lecture's
 `generate` (bench/lecture_gpt.py), which runs the whole context through the model for every
 character; with several samples it is timed over the first 64 characters, against the cache over
-the same 64. bench/conftest.py sets torch's thread count: 2, or $FASTGPT_BENCH_THREADS.
+the same 64. The `cpu` preset's model draws the default 500 characters of `python -m fastgpt.sample`,
+past its block, against the lecture's loop. bench/conftest.py sets torch's thread count: 2, or $FASTGPT_BENCH_THREADS.
 Benchmark ids end with the provider (float32, bfloat16, int8, lecture), as bench.ratios reads them.
 """
 import pytest
@@ -24,6 +25,8 @@ from fastgpt.decode import Decoder
 from fastgpt.model import GPT, GPTConfig
 
 SIZE = dict(vocab_size=65, block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2)
+# The `cpu` preset's model: what `python -m fastgpt.sample` draws 500 characters from by default.
+CPU_PRESET_SIZE = dict(vocab_size=65, block_size=128, n_embd=32, n_head=4, n_layer=4, dropout=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,21 @@ def test_lecture_loop(benchmark, lecture_model, samples, chars, provider):
     benchmark.group = f"{samples} samples, {chars} chars, window exact"
     with torch.no_grad():
         chars_per_second(benchmark, lecture_model.generate, samples, chars, rounds=1)
+
+
+@pytest.mark.parametrize("provider", ["float32", "lecture"])
+def test_cpu_preset_500_chars(benchmark, provider):
+    """The default `python -m fastgpt.sample`: 500 characters from the `cpu` preset's model, 372 of
+    them past its block of 128 (the exact window: a refill of the cache per character)."""
+    benchmark.group = "cpu preset, 1 sample, 500 chars, window exact"
+    torch.manual_seed(0)
+    if provider == "lecture":
+        model = GPTLanguageModel(**CPU_PRESET_SIZE).eval()
+        with torch.no_grad():
+            chars_per_second(benchmark, model.generate, 1, 500, rounds=3)
+    else:
+        model = GPT(GPTConfig(**CPU_PRESET_SIZE, attention="auto")).eval()
+        chars_per_second(benchmark, lambda idx, n: model.generate(idx, n, seed=0), 1, 500, rounds=5)
 
 
 def test_memory_bandwidth(benchmark):

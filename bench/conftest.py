@@ -10,6 +10,8 @@ import torch
 # appended after site-packages for the bench package itself.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
+from fastgpt.ops import cpu  # noqa: E402  (after the path change above)
+
 THREADS = int(os.environ.get("FASTGPT_BENCH_THREADS", "2"))
 torch.set_num_threads(THREADS)
 
@@ -17,6 +19,7 @@ torch.set_num_threads(THREADS)
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["torch_version"] = torch.__version__
+    machine_info["fastgpt_isa"] = cpu.instruction_set()  # the C++ kernels' copy: AVX-512, AVX2 + FMA, ...
     machine_info["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
