@@ -93,7 +93,11 @@ template <typename T, typename W>
 inline void linear_columns(const T* x, int64_t N, int64_t K, const W* w, const T* scale, const T* bias,
                            Epilogue epilogue, int64_t m0, int64_t m1, T* y, int64_t ldy) {
   constexpr int kRows = 4, kBatch = 2;  // 4 × 2 accumulators, 4 weight and 2 x vectors in 16 registers
+  // One sequence: 8 rows at once, so that 8 independent FMA chains hide the FMA latency.
+  constexpr int kRowsAlone = 8;
   int64_t m = m0;
+  if (N == 1)
+    for (; m + kRowsAlone <= m1; m += kRowsAlone) linear_block<kRowsAlone, 1>(x, K, w, scale, bias, epilogue, m, 0, y, ldy);
   for (; m + kRows <= m1; m += kRows) {
     int64_t n = 0;
     for (; n + kBatch <= N; n += kBatch) linear_block<kRows, kBatch>(x, K, w, scale, bias, epilogue, m, n, y, ldy);
