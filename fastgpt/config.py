@@ -29,8 +29,8 @@ class TrainConfig:
     device: str = _opt("auto", DEVICE_HELP)
     attention: str = _opt("auto", ATTENTION_HELP, choices=ATTENTION_CHOICES)
     dtype: str = _opt("float32", "precision of the forward pass under autocast: float32, bfloat16, "
-                                 "or float16 (with a GradScaler)",
-                      choices=("float32", "bfloat16", "float16"))
+                                 "float16 (with a GradScaler), or auto (bfloat16 on CUDA, else float32)",
+                      choices=("float32", "bfloat16", "float16", "auto"))
     compile: bool = _opt(False, "wrap the model in torch.compile")
     # model
     block_size: int = _opt(128, "context length in characters")
@@ -73,10 +73,10 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(batch_size=32, block_size=128, n_embd=32, n_head=4, n_layer=4, dropout=0.2,
                 learning_rate=3e-4, max_iters=5000, eval_interval=500, eval_iters=200,
                 grad_clip=SPIKE_GRAD_CLIP),
-    # The lecture's GPU run.
+    # The lecture's GPU run, in bfloat16 autocast on CUDA (float32 with --device cpu).
     "gpu": dict(batch_size=64, block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2,
                 learning_rate=3e-4, max_iters=5000, eval_interval=500, eval_iters=200,
-                grad_clip=SPIKE_GRAD_CLIP),
+                grad_clip=SPIKE_GRAD_CLIP, dtype="auto"),
     # nanoGPT's shakespeare_char recipe on CPU (its README's command line).
     "nanogpt-cpu": dict(batch_size=12, block_size=64, n_embd=128, n_head=4, n_layer=4, dropout=0.0,
                         learning_rate=1e-3, max_iters=2000, lr_schedule="cosine", warmup_iters=100,

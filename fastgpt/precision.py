@@ -1,7 +1,7 @@
 """Mixed precision: `--dtype float32|bfloat16|float16` runs the forward passes under torch.autocast
 (matrix products in the low precision, softmax, LayerNorm and the loss in float32) while the weights
 and the optimizer stay float32. float16 needs a GradScaler so that small gradients do not flush to
-zero; bfloat16 has float32's range and needs none."""
+zero; bfloat16 has float32's range and needs none. `auto` is bfloat16 on CUDA and float32 elsewhere."""
 import warnings
 from contextlib import nullcontext
 
@@ -15,9 +15,18 @@ def cpu_has_native_bfloat16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def resolve_dtype(name: str, device_type: str) -> str:
+    """`auto` made concrete: bfloat16 on CUDA, where the tensor cores and the Triton kernels run it
+    fastest; float32 on the CPU, where the C++ kernels take float32 only."""
+    if name != "auto":
+        return name
+    return "bfloat16" if device_type == "cuda" else "float32"
+
+
 class Precision:
     def __init__(self, name: str, device: torch.device):
-        self.dtype = DTYPES[name]
+        self.name = resolve_dtype(name, device.type)
+        self.dtype = DTYPES[self.name]
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         if self.dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bfloat16():

@@ -512,7 +512,7 @@ def header(cfg: TrainConfig, run: Run, device: torch.device, precision: Precisio
         f"{tokens['val']:,} val tokens",
         f"  step       {cfg.batch_size} x {cfg.block_size} x {cfg.grad_accum}{processes} = "
         f"{cfg.batch_size * cfg.block_size * cfg.grad_accum * procs.world_size:,} tokens",
-        f"  device     {device}{threads}, {cfg.dtype}",
+        f"  device     {device}{threads}, {precision.name}",
         f"  attention  {attention}",
     ])
 

@@ -16,6 +16,9 @@ sys.path += [str(ROOT), str(ROOT / "tests")]
 # Triton's interpreter on CPU tensors (tests/triton_cpu.py).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The attention tests run in torch's deterministic mode, where cuBLAS refuses to multiply on CUDA
+# unless its workspace is fixed before the first CUDA call.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 @pytest.fixture(autouse=True)

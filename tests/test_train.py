@@ -9,6 +9,7 @@ from clitools import SMALL_TEXT, TINY_RUN, run_module
 from fastgpt import checkpoint
 from fastgpt.config import PRESETS, TrainConfig, build_parser, config_from_args
 from fastgpt.model import GPT, GPTConfig
+from fastgpt.precision import Precision
 from fastgpt.train import learning_rate, main, make_optimizer
 
 
@@ -59,6 +60,14 @@ def test_presets_and_flags():
     assert (cfg.batch_size, cfg.block_size, cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.max_iters,
             cfg.eval_interval, cfg.grad_clip) == (64, 256, 384, 6, 6, 5000, 500, 10.0)
     assert config_from_args(parser.parse_args(["--preset", "cpu", "--grad-clip", "0"])).grad_clip == 0
+
+
+def test_gpu_preset_trains_in_bfloat16_autocast_on_cuda_only():
+    cfg = config_from_args(build_parser("test").parse_args(["--preset", "gpu"]))
+    assert Precision(cfg.dtype, torch.device("cuda")).dtype == torch.bfloat16
+    assert Precision(cfg.dtype, torch.device("cpu")).dtype == torch.float32  # --device cpu
+    cfg = config_from_args(build_parser("test").parse_args(["--preset", "gpu", "--dtype", "float32"]))
+    assert Precision(cfg.dtype, torch.device("cuda")).dtype == torch.float32
 
 
 def test_help_documents_every_flag(tmp_path):
