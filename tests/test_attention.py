@@ -33,6 +33,8 @@ from fastgpt.ops import mask as philox
 
 DEVICE = "cuda" if ON_CUDA else "cpu"
 FUSED = ("cpp", "triton")
+# A fused backend as a test parameter: the Triton kernels are the CUDA ones (the `cuda` marker).
+FUSED_PARAMS = [pytest.param(b, marks=pytest.mark.cuda) if b == "triton" else b for b in FUSED]
 SEED = 2**62 - 12345  # a 64-bit seed: both key words of Philox matter
 
 
@@ -62,7 +64,7 @@ def takes(backend: str, dtype: torch.dtype) -> str | None:
     return None
 
 
-@pytest.fixture(params=FUSED)
+@pytest.fixture(params=FUSED_PARAMS)
 def fused(request):
     """A fused backend's name, with its kernels registered for the device its tests use."""
     backend = request.param
@@ -153,6 +155,8 @@ def assert_as_accurate_as_reference(attend, backend, qkv, p, dtype, seed=SEED):
 # T = 1, T not a multiple of any tile (C++: 8 lanes, 4-row groups, 32-query and 64-key blocks;
 # Triton interpreter: 16 and 32), every head size, B·H from 1 to 256.
 SHAPES = [(1, 1, 1, 8), (2, 3, 17, 8), (1, 2, 67, 16), (1, 2, 100, 32), (1, 1, 64, 64)]
+# Head size 128 in every dtype too where the Triton kernels run compiled (CUDA).
+DTYPE_SHAPES = SHAPES + ([(1, 2, 97, 128)] if ON_CUDA else [])
 # Too slow for Triton's interpreter: long sequences, head size 128, many heads.
 LARGE_SHAPES = [(3, 1, 130, 32), (1, 2, 201, 64), (1, 1, 97, 128), (16, 16, 33, 8),
                 (1, 1, 1024, 8), (1, 1, 1024, 64)]
@@ -171,7 +175,7 @@ def skip_unless_takes(backend, dtype):
 
 @pytest.mark.parametrize("p", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("shape", DTYPE_SHAPES, ids=shape_id)
 def test_fused_matches_float64_reference(fused, shape, dtype, p):
     skip_unless_takes(fused, dtype)
     qkv = make_qkv(*shape, device=device_of(fused))
@@ -369,6 +373,19 @@ def test_every_backend_draws_the_reference_mask(fused, seed, shape, p):
     assert torch.equal(ours.cpu(), dropout_keep_mask(seed, *shape, p))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=shape_id)
+def test_triton_draws_the_cpp_mask(shape):
+    """The GPU's mask is the CPU's, bit for bit, for the same seed (the C++ and the Triton kernel
+    side by side, not only each against the reference)."""
+    for backend in FUSED:
+        if why_not(backend):
+            pytest.skip(f"{backend}: {why_not(backend)}")
+    for seed, p in ((0, 0.2), (SEED, 0.5)):
+        assert torch.equal(dropout_keep_mask(seed, *shape, p, backend="triton").cpu(),
+                           dropout_keep_mask(seed, *shape, p, backend="cpp"))
+
+
 @pytest.fixture(params=["baseline", "avx2+fma", "avx512"])
 def cpp_instruction_set(request):
     """Runs a test with each copy of the C++ kernels this CPU can run."""
@@ -481,7 +498,7 @@ def test_torch_backend_with_a_seed_uses_the_shared_mask():
     torch.testing.assert_close(out, reference_attention(q, k, v, 0.25, dropout_keep_mask(3, 2, 3, 17, 0.25)))
 
 
-@pytest.mark.parametrize("backend", ["torch", "sdpa", *FUSED])
+@pytest.mark.parametrize("backend", ["torch", "sdpa", *FUSED_PARAMS])
 def test_dispatch_runs_each_backend_to_the_reference(backend):
     """Through the public entry point at p = 0 (sdpa draws its own masks)."""
     reason = backend_status(DEVICE, torch.float32, 16)[backend]
@@ -492,6 +509,7 @@ def test_dispatch_runs_each_backend_to_the_reference(backend):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cuda
 def test_auto_picks_the_fused_backend_of_the_device():
     expected = "triton" if ON_CUDA else ("cpp" if why_not("cpp") is None else "torch")
     assert resolve_backend("auto", torch.randn(1, 1, 4, 64, device=DEVICE)) == expected

@@ -18,7 +18,8 @@ from fastgpt.model import GPT, GPTConfig
 from fastgpt.ops import cpu
 from triton_cpu import INTERPRETED, ON_CUDA, triton_kernels_on_cpu
 
-pytestmark = pytest.mark.skipif(not (ON_CUDA or INTERPRETED), reason="Triton needs a GPU or TRITON_INTERPRET=1")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not (ON_CUDA or INTERPRETED), reason="Triton needs a GPU or TRITON_INTERPRET=1")]
 needs_cpp = pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
 
 DEVICE = "cuda" if ON_CUDA else "cpu"

@@ -46,6 +46,7 @@ def triton_device():
 
 
 @needs_triton
+@pytest.mark.cuda
 @pytest.mark.parametrize("n", SIZES[:-1])
 def test_triton_kernel_matches_reference(n, triton_device):
     """Through the dispatcher, forward and backward op: the registrations as they run on CUDA."""
