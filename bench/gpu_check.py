@@ -23,9 +23,15 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+import triton
+import triton.testing
 
 from bench.bench_attention_gpu import FLOP_FACTOR, timed_call
+from fastgpt import checkpoint
 from fastgpt.attention import resolve_backend
+from fastgpt.cli import UserError, pick_device
+from fastgpt.precision import resolve_dtype
+from fastgpt.train import METRICS, read_metrics
 
 TIMED = "forward+backward"
 # (B, H, T, D), dtype, dropout p: the seed's shape, the lecture's, and two long sequences.
@@ -54,7 +60,6 @@ def calls(case, device: str) -> dict:
 
 def milliseconds(call, device: str) -> float:
     if device == "cuda":
-        import triton.testing
         return triton.testing.do_bench(call, return_mode="median")
     call()  # the dry run: one warm-up, one timed call
     start = time.perf_counter()
@@ -75,14 +80,14 @@ def time_attention(rows_path: Path, dry_run: bool) -> None:
     # Triton compiles each autotuning config on one core: compile every case's at once, each in
     # its own process, before timing them one by one on an otherwise idle GPU.
     with ProcessPoolExecutor(len(cases), mp_context=get_context("spawn")) as pool:
-        warmed = [pool.submit(warm_up, case, device) for case in cases]
+        for case in cases:  # a warm-up that fails fails again below, where it is recorded
+            pool.submit(warm_up, case, device)
     rows = []
-    for case, warming in zip(cases, warmed):
+    for case in cases:
         (B, H, T, D), dtype, p = case
         row = {"shape": [B, H, T, D], "dtype": dtype, "dropout_p": p, "backend": FUSED[device],
                "ours_ms": None, "sdpa_ms": None, "ours_tflops": None, "sdpa_tflops": None,
                "speedup": None, "error": None}
-        warming.exception()  # waits; a failed warm-up fails again below, where it is recorded
         try:
             flops = FLOP_FACTOR[TIMED] * 2 * B * H * T * T * D
             ours, sdpa = (milliseconds(call, device) for call in calls(case, device).values())
@@ -104,7 +109,7 @@ def read_json(path: Path):
         return None
 
 
-def test_counts(junit: Path) -> dict:
+def tally_tests(junit: Path) -> dict:
     """Passed, failed (failures and errors), skipped, and the failed tests' names, from pytest's
     junit XML; nulls when the test step left none. The tests a timeout interrupted are left out
     (under pytest-xdist they are nameless entries)."""
@@ -123,31 +128,16 @@ def test_counts(junit: Path) -> dict:
 def training(train_dir: Path, seconds: float | None, exit_status: int | None) -> dict:
     """The training run: its wall time (when it finished), the last evaluation's val loss and
     iteration (also after a timeout), and the autocast dtype it ran in."""
-    from fastgpt.checkpoint import load_checkpoint
-    from fastgpt.cli import pick_device
-    from fastgpt.precision import resolve_dtype
-    from fastgpt.train import METRICS, read_metrics
-
     result = {"iters": None, "seconds": seconds if exit_status == 0 else None, "val_loss": None,
               "dtype": None, "last_eval_iter": None}
     try:
-        config = load_checkpoint(train_dir / "last.pt")["train_config"]
+        config = checkpoint.load_checkpoint(train_dir / checkpoint.LAST)["train_config"]
         last = read_metrics(train_dir / METRICS)[-1]
-    except Exception:  # the run stopped before its first evaluation, or never started
+    except (UserError, OSError, IndexError):  # the run stopped before its first evaluation
         return result
     result.update(iters=config["max_iters"], val_loss=last["val_loss"], last_eval_iter=last["iter"],
                   dtype=resolve_dtype(config["dtype"], pick_device(config["device"]).type))
     return result
-
-
-def versions(dry_run: bool) -> dict:
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {"device": device, "torch": torch.__version__, "triton": triton_version, "dry_run": dry_run}
 
 
 def parse_step(text: str) -> tuple[str, dict]:
@@ -160,8 +150,10 @@ def parse_step(text: str) -> tuple[str, dict]:
 def report(args) -> None:
     steps = dict(parse_step(s) for s in args.step)
     train = steps.get("train", {})
-    result = {**versions(args.dry_run), "date": args.date, "steps": steps,
-              **test_counts(args.junit),
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result = {"device": device, "date": args.date, "torch": torch.__version__,
+              "triton": triton.__version__, "dry_run": args.dry_run, "steps": steps,
+              **tally_tests(args.junit),
               "gpu_preset": training(args.train_dir, train.get("seconds"), train.get("exit")),
               "attention": read_json(args.attention) or []}
     args.json.write_text(json.dumps(result, indent=1) + "\n")
@@ -191,14 +183,14 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     attention = commands.add_parser("attention", help="time the attention cases")
     attention.add_argument("rows", type=Path)
-    summary_parser = commands.add_parser("report", help="write the run's JSON report")
-    summary_parser.add_argument("json", type=Path)
-    summary_parser.add_argument("--date", required=True)
-    summary_parser.add_argument("--junit", type=Path, required=True)
-    summary_parser.add_argument("--attention", type=Path, required=True)
-    summary_parser.add_argument("--train-dir", type=Path, required=True)
-    summary_parser.add_argument("--step", action="append", default=[])
-    for command in (attention, summary_parser):
+    report_parser = commands.add_parser("report", help="write the run's JSON report")
+    report_parser.add_argument("json", type=Path)
+    report_parser.add_argument("--date", required=True)
+    report_parser.add_argument("--junit", type=Path, required=True)
+    report_parser.add_argument("--attention", type=Path, required=True)
+    report_parser.add_argument("--train-dir", type=Path, required=True)
+    report_parser.add_argument("--step", action="append", default=[])
+    for command in (attention, report_parser):
         command.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     if args.command == "attention":

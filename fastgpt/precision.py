@@ -17,7 +17,7 @@ def cpu_has_native_bfloat16() -> bool:
 
 def resolve_dtype(name: str, device_type: str) -> str:
     """`auto` made concrete: bfloat16 on CUDA, where the tensor cores and the Triton kernels run it
-    fastest; float32 on the CPU, where the C++ kernels take float32 only."""
+    fastest; float32 on the CPU, where bfloat16 is fast only on some processors (AVX512-BF16, AMX)."""
     if name != "auto":
         return name
     return "bfloat16" if device_type == "cuda" else "float32"
