@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgpt.attention import cpu
+from fastgpt.ops import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
