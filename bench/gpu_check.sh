@@ -30,7 +30,8 @@ if (( ! dry_run )) && ! "$python" -c "import torch, sys; sys.exit(not torch.cuda
     echo "$python sees no CUDA GPU; on a CPU, run bash bench/gpu_check.sh --dry-run" >&2
     exit 2
 fi
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)  # absolute: steps run in other folders
+export PYTHONUNBUFFERED=1  # a step killed at its timeout leaves all it printed in the log
 work=$(mktemp -d)  # the steps' own files: the training run's checkpoints are too large for $OUT
 trap 'rm -rf "$work"' EXIT
 
@@ -59,20 +60,22 @@ run_all() {
                --block-size 16 --n-layer 1 --n-head 2 --n-embd 16 --sample-chars 20)
         dry=(--dry-run)
     else
-        # Editable, because the steps run in this tree: the install maps fastgpt.kernels to
-        # kernels/ and builds fastgpt/_C in place (two C++ files: MAX_JOBS helps little).
+        # A regular install, as a user's: the C++ files compile in parallel (ninja, MAX_JOBS).
         step install 180 env MAX_JOBS="$(nproc)" "$python" -m pip install --no-build-isolation \
-            --no-deps --no-index -e .
+            --no-deps --no-index .
     fi
     # Triton compiles every autotuning config of every shape the tests meet, one core each.
     if "$python" -c "import xdist" 2>/dev/null; then
         tests+=(-n "$(nproc)")
     fi
-    step tests 120 "$python" -m pytest -m cuda -q "${tests[@]}" --junitxml="$out/tests.xml"
+    # Every step runs the installed fastgpt, not the checkout's fastgpt/ (no extension, no
+    # fastgpt.kernels), which `python -m` would put first from the checkout's root: pytest runs
+    # from tests/, training from the scratch folder, and bench/__init__.py moves the checkout last.
+    step tests 120 env -C tests "$python" -m pytest -m cuda -q "${tests[@]}" --junitxml="$out/tests.xml"
     step attention 90 "$python" -m bench.gpu_check attention "$work/attention.json" "${dry[@]}"
     # After the attention step, whose lecture shapes leave the training run's kernels compiled in
     # Triton's cache (as a second run of a user's would find them).
-    step train 90 "$python" -m fastgpt.train --preset gpu --out-dir "$work/train" "${train[@]}"
+    step train 90 env -C "$work" "$python" -m fastgpt.train --preset gpu --out-dir train "${train[@]}"
     "$python" -m bench.gpu_check report "$out/gpu-$day.json" --date "$day" --junit "$out/tests.xml" \
         --attention "$work/attention.json" --train-dir "$work/train" "${steps[@]}" "${dry[@]}" \
         || failed=1
