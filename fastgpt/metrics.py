@@ -8,14 +8,22 @@ import json
 from pathlib import Path
 
 from fastgpt.cli import UserError
-from fastgpt.files import atomic_write
+from fastgpt.files import DiskFull, atomic_write, is_disk_full
 
 METRICS, PLOT = "metrics.jsonl", "loss.png"
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """One row at the end of metrics.jsonl. Not atomic: a line that a kill or a full disk cuts
+    short has no newline, and the run that resumes drops it (resumed_metrics)."""
+    line = json.dumps(row) + "\n"
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path, len(line)) from None
+        raise
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -3,7 +3,8 @@
 The lecture's loop, organised as nanoGPT's: random batches, AdamW, a constant or warm-up + cosine
 learning rate, gradient clipping, and every `eval_interval` steps an evaluation that appends to
 out_dir/metrics.jsonl, redraws out_dir/loss.png and writes the checkpoints last.pt and best.pt
-(lowest val loss). `--resume` continues from last.pt exactly where that run was.
+(lowest val loss). `--resume` continues from last.pt exactly where that run was. SIGTERM or SIGINT
+stops a run after its current step, with a last.pt of that step (fastgpt.signals).
 
 This file holds what runs, in the order it runs: the set-up, the learning-rate schedule, the step,
 the evaluation and the loop. The out_dir's life is fastgpt.run_dir's, the metrics and plot
@@ -15,11 +16,13 @@ data-parallel (fastgpt.distributed); `--dtype bfloat16|float16` runs under autoc
 (fastgpt.precision); `--compile` wraps the model in torch.compile.
 """
 import math
+import shlex
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -31,13 +34,14 @@ from fastgpt.config import TrainConfig, build_parser, config_from_args, config_f
 from fastgpt.data import RandomBatches, read_text, shakespeare, split, text_sha256
 from fastgpt.dataset import MemmapDataset, bits_per_char
 from fastgpt.distributed import SINGLE, Processes, launched_processes, start, stop
-from fastgpt.files import check_out_dir
+from fastgpt.files import DiskFull, check_out_dir
 from fastgpt.metrics import METRICS, PLOT, append_metrics, plot_losses, read_metrics, resumed_metrics
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.precision import Precision
 from fastgpt.progress import Progress, header
 from fastgpt.run_dir import (RUN_FILES, check_fresh_out_dir, check_resume_matches, claim_run_dir,
                              load_resume_checkpoint)  # RUN_FILES, METRICS: still train's names too
+from fastgpt.signals import StopSignals, Stopped
 from fastgpt.tokenizer import CharTokenizer
 
 
@@ -298,17 +302,26 @@ def evaluates_at(done: int, cfg: TrainConfig) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+def resume_command(cfg: TrainConfig, procs: Processes) -> str:
+    launcher = "torchrun <its options>" if procs.distributed else "python"
+    return f"{launcher} -m fastgpt.train --resume --out-dir {shlex.quote(cfg.out_dir)}"
+
+
 class RunWriter:
     """What a run leaves in out_dir (see fastgpt.run_dir): at each evaluation best.pt (when val
-    improves), a row of metrics.jsonl, loss.png, then last.pt. Every process calls `gather` before
-    an evaluation (a data-parallel run's checkpoint holds each process's random state); rank 0
-    alone calls `evaluation` and writes."""
+    improves), a row of metrics.jsonl, loss.png, then last.pt; when a signal stops the run between
+    evaluations, last.pt of the step it stopped at (best.pt stays the best evaluation's). Every
+    process calls `gather` before a checkpoint (a data-parallel run's checkpoint holds each
+    process's random state); rank 0 alone writes. `saved`: the step last.pt holds (None: no
+    last.pt yet)."""
 
-    def __init__(self, cfg: TrainConfig, run: Run, precision: Precision, procs: Processes):
+    def __init__(self, cfg: TrainConfig, run: Run, precision: Precision, procs: Processes,
+                 saved: Optional[int]):
         self.cfg, self.run, self.precision, self.procs = cfg, run, precision, procs
         self.out_dir = Path(cfg.out_dir)
         self.best = run.best_val_loss
         self.rank_states: list[dict] = []
+        self.saved = saved
 
     def gather(self) -> None:
         self.rank_states = self.procs.all_gather(process_rng_state()) if self.procs.distributed else []
@@ -321,14 +334,34 @@ class RunWriter:
                                rng=rng_state(run.batches, self.rank_states),
                                data_sha256=run.data_sha256, scaler=self.precision.scaler.state_dict())
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write is one line saying what is kept and how to go on."""
+        if self.saved is None:  # a new run before its first last.pt: a rerun starts it again
+            then = "run the command again"
+        else:
+            then = (f"resume with `{resume_command(self.cfg, self.procs)}` ({checkpoint.LAST} of "
+                    f"step {self.saved} is kept)")
+        try:
+            yield
+        except DiskFull as e:
+            raise DiskFull(e.path, e.needed, then) from None
+        except OSError as e:
+            raise UserError(f"cannot write in {self.out_dir} ({e.strerror or e}); {then}") from None
+
+    def save_last(self, iteration: int) -> None:
+        """last.pt of step `iteration`, which a run stopped at."""
+        with self._writing():
+            checkpoint.save(self.state(iteration), self.out_dir / checkpoint.LAST)
+        self.saved = iteration
+
     def evaluation(self, iteration: int, losses: dict[str, float], lr: float,
                    tokens_per_s: Optional[float]) -> str:
         """training_loop's on_eval; returns the bits per character, for the evaluation's line."""
-        try:
-            return self._write_evaluation(iteration, losses, lr, tokens_per_s)
-        except OSError as e:
-            raise UserError(f"cannot write in {self.out_dir} ({e.strerror or e}); the checkpoint of "
-                            f"the evaluation before is kept: free space and --resume") from None
+        with self._writing():
+            bpc = self._write_evaluation(iteration, losses, lr, tokens_per_s)
+        self.saved = iteration
+        return bpc
 
     def _write_evaluation(self, iteration: int, losses: dict[str, float], lr: float,
                           tokens_per_s: Optional[float]) -> str:
@@ -371,11 +404,14 @@ EvalCallback = Callable[[int, dict[str, float], float, Optional[float]], Optiona
 def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomBatches,
                   cfg: TrainConfig, start_iter: int, on_eval: EvalCallback,
                   precision: Optional[Precision] = None, procs: Processes = SINGLE,
-                  before_eval: Callable[[], None] = lambda: None) -> int:
+                  before_eval: Callable[[], None] = lambda: None,
+                  signals: Optional[StopSignals] = None) -> int:
     """Steps start_iter .. max_iters - 1. A new run evaluates first (the untrained loss), then
     after every eval_interval-th step and the last; each evaluation calls on_eval and prints a line.
     Data-parallel: every process calls before_eval, then rank 0 alone evaluates and reports
-    (tokens/s counts the global batch); `model` is the DDP-wrapped one. Returns the steps done."""
+    (tokens/s counts the global batch); `model` is the DDP-wrapped one. With `signals`, a stop
+    signal ends the loop after the step (and evaluation) it came in, on every process alike.
+    Returns the steps done."""
     precision = precision or Precision("float32", batches.device)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * procs.world_size
     eval_model = model.module if isinstance(model, DistributedDataParallel) else model
@@ -393,7 +429,7 @@ def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: R
                 progress.evaluation(done, losses, lr, tokens_per_s,
                                     on_eval(done, losses, lr, tokens_per_s))
             step_time, steps_timed = 0.0, 0
-        if done == cfg.max_iters:
+        if done == cfg.max_iters or (signals is not None and signals.requested(procs, batches.device)):
             break
         lr = learning_rate(done, cfg)
         for group in optimizer.param_groups:
@@ -430,6 +466,18 @@ def sample_text(model: GPT, tokenizer: CharTokenizer, n_chars: int, device: torc
 # ---------------------------------------------------------------------------------------------
 
 
+def save_stopped_run(writer: RunWriter, done: int, start_iter: int, cfg: TrainConfig,
+                     procs: Processes) -> None:
+    """last.pt of the step a signal stopped the run at, unless it holds that step already (the
+    step the run resumed at, or one it evaluated). Every process calls it and waits for the save,
+    so that they end together."""
+    if not (done == start_iter or evaluates_at(done, cfg)):
+        writer.gather()
+        if procs.is_main:
+            writer.save_last(done)
+    procs.barrier()
+
+
 def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SINGLE) -> GPT:
     """Train as `cfg` says (continuing `ckpt` if given); returns the trained model. Every process of
     a data-parallel run calls this; only rank 0 prints and writes out_dir."""
@@ -440,10 +488,18 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SING
         precision.scaler.load_state_dict(ckpt["scaler"])
     if procs.is_main:
         print(header(cfg, run, device, precision, procs), flush=True)
-    writer = RunWriter(cfg, run, precision, procs)
-    with claim_run_dir(Path(cfg.out_dir), ckpt) if procs.is_main else nullcontext():
-        training_loop(wrap_for_training(run.model, cfg, procs, device), run.optimizer, run.batches,
-                      cfg, run.start_iter, writer.evaluation, precision, procs, writer.gather)
+    writer = RunWriter(cfg, run, precision, procs, saved=None if ckpt is None else run.start_iter)
+    with claim_run_dir(Path(cfg.out_dir), ckpt) if procs.is_main else nullcontext(), \
+            StopSignals() as signals:
+        done = training_loop(wrap_for_training(run.model, cfg, procs, device), run.optimizer,
+                             run.batches, cfg, run.start_iter, writer.evaluation, precision, procs,
+                             writer.gather, signals)
+        if signals.agreed:
+            save_stopped_run(writer, done, run.start_iter, cfg, procs)
+    if signals.agreed:
+        raise Stopped(signals.agreed, f"stopped by {signals.name} after step {done} of "
+                                      f"{cfg.max_iters}, saved in {Path(cfg.out_dir) / checkpoint.LAST}; "
+                                      f"resume with `{resume_command(cfg, procs)}`")
     if cfg.sample_chars and procs.is_main:
         print(sample_text(run.model, run.tokenizer, cfg.sample_chars, run.batches.device))
     return run.model
@@ -455,6 +511,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     procs = launched_processes()
     try:
         train(cfg, ckpt, procs)
+    except Stopped as e:
+        if procs.is_main:
+            print(e, file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
     finally:
         stop(procs)
 
