@@ -55,7 +55,7 @@ def _check(ok: bool, what: str) -> None:
         raise ValueError(what)
 
 
-def remedy(directory: Path) -> str:
+def _remedy(directory: Path) -> str:
     return f"prepare the dataset again with `python -m fastgpt.prepare --data TEXT --out {directory}`"
 
 
@@ -64,7 +64,7 @@ def read_meta(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     path = directory / META
     if not path.is_file():
-        raise UserError(f"{directory} is not a prepared dataset (no {META}); {remedy(directory)}")
+        raise UserError(f"{directory} is not a prepared dataset (no {META}); {_remedy(directory)}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
         _check(meta["format"] == FORMAT and meta["version"] == VERSION, "not a version 1 dataset")
@@ -75,7 +75,7 @@ def read_meta(directory: str | os.PathLike) -> dict:
         _check(all(isinstance(n, int) and n >= 0 for n in counts), "token or character counts")
     except Exception as e:  # whatever a damaged file makes json, tokenizers or numpy raise
         raise UserError(f"{path} is corrupt or not a fastgpt dataset ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); {remedy(directory)}") from None
+                        f"{str(e).splitlines()[0] if str(e) else ''}); {_remedy(directory)}") from None
     for split in SPLITS:
         bin_path = split_path(directory, split)
         expected = meta[split]["tokens"] * np.dtype(meta["dtype"]).itemsize
@@ -83,7 +83,7 @@ def read_meta(directory: str | os.PathLike) -> dict:
         if size != expected:
             found = "is missing" if size is None else f"has {size} bytes"
             raise UserError(f"{bin_path} {found} but {META} says {meta[split]['tokens']} "
-                            f"{meta['dtype']} tokens ({expected} bytes); {remedy(directory)}")
+                            f"{meta['dtype']} tokens ({expected} bytes); {_remedy(directory)}")
     return meta
 
 
@@ -94,7 +94,7 @@ def check_ids(path: Path, ids: np.ndarray, vocab_size: int) -> None:
         if top >= vocab_size:
             raise UserError(f"{path} holds token id {top}, outside the {vocab_size}-token vocabulary "
                             f"of its {META} (damaged, or from another dataset); "
-                            f"{remedy(path.parent)}")
+                            f"{_remedy(path.parent)}")
 
 
 def bits_per_char(loss: float, chars_per_token: float) -> float:

@@ -42,9 +42,9 @@ class DiskFull(UserError):
     def __init__(self, path: Path, needed: int, then: str = "run the command again"):
         self.path, self.needed = Path(path), needed
         free = shutil.disk_usage(self.path.parent).free
+        more = f"{_size(needed - free)} more" if needed > free else "some space"  # needed: a lower bound
         super().__init__(f"the disk is full: writing {path} needs at least {_size(needed)} and "
-                         f"{_size(free)} is free there; free {_size(max(needed - free, 1))} more and "
-                         f"{then}")
+                         f"{_size(free)} is free there; free {more} and {then}")
 
 
 def _size(n: int) -> str:
@@ -70,7 +70,12 @@ def atomic_write(path: str | os.PathLike, size: int = 0) -> Iterator[BinaryIO]:
     (what the caller expects to write), or what was written and what the file replaces if more."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if is_disk_full(e):  # not even room for an empty file
+            raise DiskFull(path, size) from None
+        raise
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a file is the umask's, as open's
         with os.fdopen(fd, "wb") as f:

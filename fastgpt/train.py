@@ -298,7 +298,7 @@ def evaluates_at(done: int, cfg: TrainConfig) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# What the evaluations leave in out_dir
+# What a run leaves in out_dir
 # ---------------------------------------------------------------------------------------------
 
 
@@ -439,8 +439,8 @@ def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: R
         loss = train_step(model, optimizer, batches, cfg, precision).item()
         if not math.isfinite(loss):
             raise UserError(f"the training loss became {loss} at step {done + 1}: the run diverged "
-                            f"and stops; the checkpoint of the last evaluation is kept: --resume "
-                            f"with a lower --learning-rate (or a --grad-clip)")
+                            f"and stops; its last.pt is kept: --resume with a lower "
+                            f"--learning-rate (or a --grad-clip)")
         elapsed = time.perf_counter() - started
         step_time, steps_timed = step_time + elapsed, steps_timed + 1
         log_time, log_steps = log_time + elapsed, log_steps + 1

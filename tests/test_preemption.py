@@ -6,6 +6,7 @@ processes (a subprocess, or this one); the guarantees are listed in docs/trainin
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -360,3 +361,14 @@ def test_a_mixed_up_split_is_refused(tmp_path, data):
     assert (tmp_path / "a" / "val.bin").stat().st_size == meta["val"]["tokens"] * 2
     with pytest.raises(UserError, match="val.bin holds token id"):
         MemmapDataset(tmp_path / "a")
+
+
+def test_every_promise_in_the_docs_names_a_test_that_exists():
+    """docs/training.md's list of what a stopped run keeps cites its tests; they must exist."""
+    root = Path(__file__).parent
+    docs = (root.parent / "docs" / "training.md").read_text()
+    promises = docs.split("## What fastgpt promises when a run is stopped")[1].split("\n## ")[0]
+    cited = set(re.findall(r"`(test_\w+)`", promises))
+    defined = set(re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in root.glob("test_*.py")),
+                             re.MULTILINE))
+    assert len(cited) >= 10 and cited <= defined, cited - defined
