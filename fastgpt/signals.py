@@ -7,6 +7,7 @@ forwarding Ctrl-C as SIGTERM to workers that the terminal already sent SIGINT, m
 the save. SIGKILL still can; the save is atomic, so the previous checkpoint is then kept.
 """
 import signal
+import threading
 
 import torch
 
@@ -28,7 +29,8 @@ class StopSignals:
         self.received = self.received or signum
 
     def __enter__(self) -> "StopSignals":
-        self._previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
+        if threading.current_thread() is threading.main_thread():  # the only one Python signals
+            self._previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:

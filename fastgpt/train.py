@@ -496,10 +496,9 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SING
                              writer.gather, signals)
         if signals.agreed:
             save_stopped_run(writer, done, run.start_iter, cfg, procs)
-    if signals.agreed:
-        raise Stopped(signals.agreed, f"stopped by {signals.name} after step {done} of "
-                                      f"{cfg.max_iters}, saved in {Path(cfg.out_dir) / checkpoint.LAST}; "
-                                      f"resume with `{resume_command(cfg, procs)}`")
+            raise Stopped(signals.agreed, f"stopped by {signals.name} after step {done} of "
+                                          f"{cfg.max_iters}, saved in {writer.out_dir / checkpoint.LAST}; "
+                                          f"resume with `{resume_command(cfg, procs)}`")
     if cfg.sample_chars and procs.is_main:
         print(sample_text(run.model, run.tokenizer, cfg.sample_chars, run.batches.device))
     return run.model
