@@ -37,8 +37,19 @@ def make(model: GPT, tokenizer, **extra) -> dict:
 def save(checkpoint: dict, path: str | os.PathLike) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`: a crash at
     any moment leaves either the old file or the new one, never a torn one."""
-    with atomic_write(path) as f:
+    with atomic_write(path, size=tensor_bytes(checkpoint)) as f:
         torch.save(checkpoint, f)
+
+
+def tensor_bytes(obj) -> int:
+    """The bytes of the tensors in nested dicts and lists: nearly all of a checkpoint's size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(map(tensor_bytes, obj.values()))
+    if isinstance(obj, (list, tuple)):
+        return sum(map(tensor_bytes, obj))
+    return 0
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

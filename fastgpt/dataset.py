@@ -7,6 +7,11 @@ A dataset directory holds
   meta.json            format, version, tokenizer (its state_dict), vocab_size, dtype, the source
                        file's path, size and sha256, and per split the number of tokens and
                        characters (for bits per character)
+
+Opening a dataset checks it, so that a damaged or mixed-up one is refused before training rather
+than failing when a batch happens to touch a bad id: meta.json parses and agrees with itself, both
+.bin files are there with the size its token counts and dtype give, and every id is within the
+vocabulary (one pass over the ids; its cost per GB is in docs/data.md).
 """
 import json
 import math
@@ -25,6 +30,8 @@ FORMAT = "fastgpt-dataset"
 VERSION = 1
 META = "meta.json"
 SPLITS = ("train", "val")
+# Ids per np.max when a dataset is opened (64 MB of uint16): the check's memory stays flat.
+CHECK_CHUNK = 1 << 25
 
 
 def ids_dtype(vocab_size: int) -> np.dtype:
@@ -48,13 +55,16 @@ def _check(ok: bool, what: str) -> None:
         raise ValueError(what)
 
 
+def _remedy(directory: Path) -> str:
+    return f"prepare the dataset again with `python -m fastgpt.prepare --data TEXT --out {directory}`"
+
+
 def read_meta(directory: str | os.PathLike) -> dict:
     """meta.json of a dataset directory, checked against its .bin files; a UserError otherwise."""
     directory = Path(directory)
     path = directory / META
-    remedy = f"prepare the dataset again with `python -m fastgpt.prepare --data TEXT --out {directory}`"
     if not path.is_file():
-        raise UserError(f"{directory} is not a prepared dataset (no {META}); {remedy}")
+        raise UserError(f"{directory} is not a prepared dataset (no {META}); {_remedy(directory)}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
         _check(meta["format"] == FORMAT and meta["version"] == VERSION, "not a version 1 dataset")
@@ -65,7 +75,7 @@ def read_meta(directory: str | os.PathLike) -> dict:
         _check(all(isinstance(n, int) and n >= 0 for n in counts), "token or character counts")
     except Exception as e:  # whatever a damaged file makes json, tokenizers or numpy raise
         raise UserError(f"{path} is corrupt or not a fastgpt dataset ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); {remedy}") from None
+                        f"{str(e).splitlines()[0] if str(e) else ''}); {_remedy(directory)}") from None
     for split in SPLITS:
         bin_path = split_path(directory, split)
         expected = meta[split]["tokens"] * np.dtype(meta["dtype"]).itemsize
@@ -73,8 +83,18 @@ def read_meta(directory: str | os.PathLike) -> dict:
         if size != expected:
             found = "is missing" if size is None else f"has {size} bytes"
             raise UserError(f"{bin_path} {found} but {META} says {meta[split]['tokens']} "
-                            f"{meta['dtype']} tokens ({expected} bytes); {remedy}")
+                            f"{meta['dtype']} tokens ({expected} bytes); {_remedy(directory)}")
     return meta
+
+
+def check_ids(path: Path, ids: np.ndarray, vocab_size: int) -> None:
+    """Every id below vocab_size, checked in chunks of CHECK_CHUNK ids."""
+    for start in range(0, len(ids), CHECK_CHUNK):
+        top = int(ids[start:start + CHECK_CHUNK].max())
+        if top >= vocab_size:
+            raise UserError(f"{path} holds token id {top}, outside the {vocab_size}-token vocabulary "
+                            f"of its {META} (damaged, or from another dataset); "
+                            f"{_remedy(path.parent)}")
 
 
 def bits_per_char(loss: float, chars_per_token: float) -> float:
@@ -96,9 +116,11 @@ class MemmapDataset:
     def _map(self, split: str) -> Tensor:
         if self.meta[split]["tokens"] == 0:  # np.memmap cannot map an empty file
             return torch.empty(0, dtype=torch.int64)
+        path = split_path(self.directory, split)
         # Copy-on-write, so the array is writable for torch.from_numpy; nothing ever writes it.
-        return torch.from_numpy(np.memmap(split_path(self.directory, split), dtype=self.meta["dtype"],
-                                          mode="c"))
+        ids = np.memmap(path, dtype=self.meta["dtype"], mode="c")
+        check_ids(path, ids, self.meta["vocab_size"])
+        return torch.from_numpy(ids)
 
     def check_block_size(self, block_size: int) -> None:
         for split in SPLITS:

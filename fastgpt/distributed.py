@@ -33,6 +33,19 @@ class Processes:
         dist.all_gather_object(gathered, obj)
         return gathered
 
+    def max(self, value: int, device: torch.device) -> int:
+        """The largest of every process's `value` (every process must call; `device` is the one
+        the process group communicates on: the GPU under NCCL)."""
+        if not self.distributed:
+            return value
+        largest = torch.tensor(value, device=device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        return int(largest.item())
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
 
 SINGLE = Processes()
 

@@ -11,9 +11,14 @@ The output directory rule (train --out-dir, prepare --out, convert --out):
   holder;
 - temporary files (`.NAME.*.tmp`) that a killed process left are removed when a tool next claims
   the directory. Which finished files make a directory resumable is each tool's rule.
+
+A disk that fills up during a write is one line (DiskFull) naming the file, the space it needs and
+the space free; an atomic write then leaves the old file and no temporary one.
 """
+import errno
 import fcntl
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,15 +35,47 @@ def _umask() -> int:
     return mask
 
 
+class DiskFull(UserError):
+    """No space left to write `path`: it needs at least `needed` bytes. The message ends in `then`,
+    what the tool that wrote it lets the user do once there is space."""
+
+    def __init__(self, path: Path, needed: int, then: str = "run the command again"):
+        self.path, self.needed = Path(path), needed
+        free = shutil.disk_usage(self.path.parent).free
+        more = f"{_size(needed - free)} more" if needed > free else "some space"  # needed: a lower bound
+        super().__init__(f"the disk is full: writing {path} needs at least {_size(needed)} and "
+                         f"{_size(free)} is free there; free {more} and {then}")
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 10**5 else f"{n / 1e6:,.1f} MB"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` comes from a full disk (or quota), also when a library raised another
+    exception over it (torch.save raises a RuntimeError whose context is the OSError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 @contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike, size: int = 0) -> Iterator[BinaryIO]:
     """A binary file to write `path`'s new content into. It is a temporary file in the same
     directory, fsynced and renamed over `path` when the block ends; if the block raises the
     temporary file goes and `path` keeps its old content (if the process dies, the next
-    `claim_out_dir` of the directory removes it)."""
+    `claim_out_dir` of the directory removes it). A full disk is a DiskFull, needing `size`
+    (what the caller expects to write), or what was written and what the file replaces if more."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if is_disk_full(e):  # not even room for an empty file
+            raise DiskFull(path, size) from None
+        raise
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a file is the umask's, as open's
         with os.fdopen(fd, "wb") as f:
@@ -46,8 +83,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(e):
+            replaced = path.stat().st_size if path.exists() else 0
+            raise DiskFull(path, max(size, written, replaced)) from None
         raise
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from fastgpt.data import TRAIN_FRACTION
 from fastgpt.dataset import META, SPLITS, ids_dtype, split_path, write_meta
 from fastgpt.cli import UserError, run_cli
-from fastgpt.files import check_not_users, check_out_dir, claim_out_dir
+from fastgpt.files import atomic_write, check_not_users, check_out_dir, claim_out_dir
 from fastgpt.tokenizer import BPETokenizer, CharTokenizer
 
 # Small pieces keep memory flat: HF tokenizers' per-call buffers grow with the piece (a 1M-character
@@ -109,12 +109,13 @@ class CharEncoder:
         return self.table[np.frombuffer(text.encode("utf-32-le"), dtype="<u4")]
 
 
-def write_ids(path: Path, arrays: Iterable[np.ndarray]) -> int:
-    """Append id arrays to `path`; the number of ids written."""
+def write_ids(path: Path, arrays: Iterable[np.ndarray], size: int = 0) -> int:
+    """Write id arrays, one after the other, into `path`, atomically (a kill or a full disk leaves
+    no partial file); the number of ids written. `size`: the bytes expected, when known."""
     n = 0
-    with open(path, "wb") as f:
+    with atomic_write(path, size) as f:
         for ids in arrays:
-            ids.tofile(f)
+            f.write(ids.tobytes())  # not tofile: its error on a full disk has no errno
             n += len(ids)
     return n
 
@@ -156,8 +157,11 @@ def prepare(data: Path, tokenizer_kind: str, out: Path, vocab_size: int = DEFAUL
         check_finished(out)
         counts = {}
         for split in SPLITS:
-            counts[split] = {"tokens": write_ids(split_path(out, split), encode(split)),
-                             "chars": bounds[split][1] - bounds[split][0]}
+            chars = bounds[split][1] - bounds[split][0]
+            # one id per character for char; BPE's count is known only once it is written
+            expected = chars * ids_dtype(tokenizer.vocab_size).itemsize if tokenizer_kind == "char" else 0
+            counts[split] = {"tokens": write_ids(split_path(out, split), encode(split), expected),
+                             "chars": chars}
         meta = {"tokenizer": tokenizer.state_dict(), "vocab_size": tokenizer.vocab_size,
                 "dtype": ids_dtype(tokenizer.vocab_size).name,
                 "source": {"path": str(data.resolve()), "bytes": data.stat().st_size,

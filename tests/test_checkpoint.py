@@ -9,6 +9,7 @@ import torch
 
 from fastgpt import checkpoint
 from fastgpt.cli import UserError
+from fastgpt.files import DiskFull
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizer import CharTokenizer
 
@@ -118,7 +119,7 @@ def test_failed_save_keeps_the_old_checkpoint(saved, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash_midway)
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFull, match=f"writing {saved} needs at least"):  # one line, not OSError
         checkpoint.save({"format": checkpoint.FORMAT}, saved)
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == ["best.pt"]  # the temporary file is gone

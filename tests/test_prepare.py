@@ -192,6 +192,13 @@ def run_prepare_cli(*args):
                           capture_output=True, text=True)
 
 
+def write_id(path, position: int, token: int) -> None:
+    """Put one id into a uint16 .bin file, its size unchanged: a damaged or mixed-up split."""
+    ids = np.fromfile(path, "<u2")
+    ids[position] = token
+    ids.tofile(path)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "meta.json").unlink(), "not a prepared dataset"),
     (lambda d: (d / "meta.json").write_text("{not json"), "corrupt"),
@@ -199,6 +206,11 @@ def run_prepare_cli(*args):
     (lambda d: (d / "meta.json").write_bytes(b"\xff\xfe\x00garbage"), "corrupt"),
     (lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-2]), "train.bin has"),
     (lambda d: (d / "val.bin").unlink(), "val.bin is missing"),
+    (lambda d: (d / "val.bin").write_bytes((d / "val.bin").read_bytes() + b"\0"), "val.bin has"),
+    (lambda d: ((d / "val.bin").unlink(), (d / "val.bin").mkdir()), "val.bin is missing"),
+    (lambda d: write_id(d / "train.bin", 1000, 65535), "train.bin holds token id 65535"),
+    (lambda d: write_id(d / "val.bin", -1, json.loads((d / "meta.json").read_text())["vocab_size"]),
+     "val.bin holds token id"),  # vocab_size itself, one past the last id
 ])
 def test_damaged_dataset_is_one_line_user_error(dataset_dir, damage, message):
     damage(dataset_dir)

@@ -1,6 +1,8 @@
 """fastgpt.train: the schedule, the optimizer, what a run leaves in out_dir, and exact resume."""
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -137,3 +139,10 @@ def test_resume_continues_the_saved_run_config(tmp_path, text_file):
     last = checkpoint.load_checkpoint(out_dir / "last.pt")
     assert last["train_config"]["learning_rate"] == 1e-3 and last["train_config"]["n_embd"] == 16
     assert last["iter"] == 4
+
+
+def test_matplotlib_is_imported_only_to_draw_the_plot():
+    """Start-up time: importing the training command does not import matplotlib."""
+    code = "import sys, fastgpt.train; assert 'matplotlib' not in sys.modules, 'imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
