@@ -38,9 +38,16 @@ constexpr int kMatricesPerLayer = 4;
 // Multiply-adds below which a product is not worth splitting over threads.
 constexpr int64_t kWorkPerTask = 1 << 16;
 
+// One position's activations for N sequences, reused by every position of a call.
+template <typename T>
+struct Activations {
+  std::vector<T> x, h, qkv, att, hidden;
+  Activations(int64_t N, int64_t C) : x(N * C), h(N * C), qkv(N * 3 * C), att(N * C), hidden(N * 4 * C) {}
+};
+
 template <typename Isa, typename T, typename W>
 void step(const int64_t* tokens, int64_t N, int64_t pos, at::TensorList params, at::TensorList scales,
-          at::TensorList cache, int64_t H, double eps, T* logits) {
+          at::TensorList cache, int64_t H, double eps, Activations<T>& a, T* logits) {
   const int64_t C = params[kTokenEmbedding].size(1);
   const int64_t D = C / H, S = cache[0].size(2), L = pos + 1, layers = cache.size() / 2;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
@@ -57,7 +64,7 @@ void step(const int64_t* tokens, int64_t N, int64_t pos, at::TensorList params, 
     });
   };
 
-  std::vector<T> x(N * C), h(N * C), qkv(N * 3 * C), att(N * C), hidden(N * 4 * C);
+  auto &x = a.x, &h = a.h, &qkv = a.qkv, &att = a.att, &hidden = a.hidden;
   const T *tok = vec(kTokenEmbedding), *pe = vec(kPositionEmbedding) + pos * C;
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) x[n * C + c] = tok[tokens[n] * C + c] + pe[c];
@@ -96,8 +103,10 @@ void step(const int64_t* tokens, int64_t N, int64_t pos, at::TensorList params, 
 template <typename Isa, typename T, typename W>
 void steps(const int64_t* tokens, int64_t L, int64_t N, int64_t pos, at::TensorList params, at::TensorList scales,
            at::TensorList cache, int64_t H, double eps, T* logits) {
+  Activations<T> activations(N, params[kTokenEmbedding].size(1));
   for (int64_t s = 0; s < L; ++s)
-    step<Isa, T, W>(tokens + s * N, N, pos + s, params, scales, cache, H, eps, s == L - 1 ? logits : nullptr);
+    step<Isa, T, W>(tokens + s * N, N, pos + s, params, scales, cache, H, eps, activations,
+                    s == L - 1 ? logits : nullptr);
 }
 
 }  // namespace

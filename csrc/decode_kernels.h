@@ -66,8 +66,15 @@ inline void dot_block(const T* x, int64_t K, const W* w, T (&sums)[R][NB]) {
       for (int j = 0; j < NB; ++j) acc[r][j] += wr * xs[j];
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) sums[r][j] = horizontal_sum<T>(acc[r][j]);
+  if constexpr (R == kLanes && NB == 1) {
+    Vec<T> rows[kLanes];
+    for (int r = 0; r < R; ++r) rows[r] = acc[r][0];
+    const Vec<T> all = horizontal_sums<T>(rows);
+    for (int r = 0; r < R; ++r) sums[r][0] = all[r];
+  } else {
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NB; ++j) sums[r][j] = horizontal_sum<T>(acc[r][j]);
+  }
 }
 
 template <typename T>
@@ -123,7 +130,18 @@ inline void layer_norm_row(const T* x, int64_t C, const T* gamma, const T* beta,
 template <typename T>
 inline void attend_row(const T* q, const T* k, const T* v, int64_t L, int64_t D, T scale, T* p, T* out) {
   T max = -std::numeric_limits<T>::infinity();
-  for (int64_t t = 0; t < L; ++t) {
+  int64_t t0 = 0;
+  for (; t0 + kLanes <= L; t0 += kLanes) {  // kLanes scores at once
+    Vec<T> acc[kLanes] = {};
+    for (int64_t d = 0; d < D; d += kLanes) {
+      const Vec<T> qd = load(q + d);
+      for (int u = 0; u < kLanes; ++u) acc[u] += qd * load(k + (t0 + u) * D + d);
+    }
+    const Vec<T> scores = horizontal_sums<T>(acc) * scale;
+    store(p + t0, scores);
+    for (int u = 0; u < kLanes; ++u) max = std::max(max, scores[u]);
+  }
+  for (int64_t t = t0; t < L; ++t) {
     Vec<T> acc{};
     for (int64_t d = 0; d < D; d += kLanes) acc += load(q + d) * load(k + t * D + d);
     p[t] = horizontal_sum<T>(acc) * scale;

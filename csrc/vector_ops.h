@@ -24,6 +24,22 @@ inline T horizontal_sum(Vec<T> x) {
   return sum;
 }
 
+// The sums of kLanes vectors at once, sums[u] = Σ_i x[u][i]: a transpose folded into three rounds of
+// shuffles and adds instead of kLanes lane-by-lane reductions.
+template <typename T>
+inline Vec<T> horizontal_sums(const Vec<T> (&x)[kLanes]) {
+  static_assert(kLanes == 8, "three rounds of pairs");
+  Vec<T> pairs[4], quads[2];
+  for (int i = 0; i < 4; ++i)  // [x0 01, x1 01, x0 23, x1 23, ...] of x[2i], x[2i + 1]
+    pairs[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               __builtin_shufflevector(x[2 * i], x[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int i = 0; i < 2; ++i)  // [x0 0-3, x1 0-3, x2 0-3, x3 0-3, x0 4-7, ...] of four vectors
+    quads[i] = __builtin_shufflevector(pairs[2 * i], pairs[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               __builtin_shufflevector(pairs[2 * i], pairs[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return __builtin_shufflevector(quads[0], quads[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(quads[0], quads[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
 // 0, 1, ..., kLanes - 1
 template <typename T>
 inline Vec<T> lane_index() {
