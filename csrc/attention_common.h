@@ -48,7 +48,7 @@ using Vec = typename VecOf<T>::type;
 template <typename T>
 using VecMask = typename VecOf<T>::mask;  // what comparing two Vec<T> gives
 
-// Counter-based dropout, as fastgpt.attention.reference.keep_mask: Philox-4x32 with kPhiloxRounds
+// Counter-based dropout, as fastgpt.ops.mask.attention_keep_mask: Philox-4x32 with kPhiloxRounds
 // rounds (why 7: see there), key (seed lo, seed hi), counter (column block j / 8, row i, b·H + h lo,
 // b·H + h hi); the 8 elements of a block take the 8 16-bit halves of the output in order (word 0
 // low, word 0 high, word 1 low, ...) and are kept iff their draw >= round(p·2^16).

@@ -10,7 +10,7 @@ namespace FASTGPT_ISA {
 
 // out[n] = x[n]·keep(n)·keep_scale (+ residual[n]) for n in [begin, end), begin a
 // multiple of kDrawsPerPhiloxStep. Element n of the flattened tensor takes draw n % 8 of the Philox
-// call at counter (n / 8 lo, n / 8 hi, 0, 0) (fastgpt.dropout.keep_mask).
+// call at counter (n / 8 lo, n / 8 hi, 0, 0) (fastgpt.ops.mask.residual_keep_mask).
 
 template <typename T>
 void dropout_add_range(const Dropout& dr, const T* x, const T* residual, int64_t begin, int64_t end, T* out) {
