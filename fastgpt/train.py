@@ -510,6 +510,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     procs = launched_processes()
     try:
         train(cfg, ckpt, procs)
+        procs.barrier()  # no rank tears its process group down while another still uses it
     except Stopped as e:
         if procs.is_main:
             print(e, file=sys.stderr, flush=True)

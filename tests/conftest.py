@@ -10,6 +10,9 @@ import torch
 # so the checkout's fastgpt/ never hides the installed one.
 ROOT = Path(__file__).resolve().parents[1]
 sys.path += [str(ROOT), str(ROOT / "tests")]
+# The same for the tools the tests start as processes (`python -m fastgpt.train`, torchrun's
+# workers): without it `-m` puts their working directory, often the checkout, first on sys.path.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 # Triton reads TRITON_INTERPRET when it decorates its kernels, i.e. when they are first imported,
 # so it is set here, before any test imports them: without a GPU the Triton kernels then run in
