@@ -5,6 +5,7 @@ import they are registered for CUDA, but Triton itself is imported at the first 
 so a command on a machine without CUDA never imports it. Under TRITON_INTERPRET=1 the tests register
 these same launchers for CPU tensors (Triton's interpreter) through `register`.
 """
+import functools
 import importlib
 import importlib.util
 from typing import Callable, Optional
@@ -36,12 +37,17 @@ def kernels(module: str):
     return importlib.import_module(f"fastgpt.kernels.{module}")
 
 
+@functools.cache
+def _launch_function(module: str, name: str) -> Callable:
+    return getattr(kernels(module), name)
+
+
 def launcher(op: str) -> Callable:
-    """`op`'s launcher, importing its kernels at the first call."""
+    """`op`'s launcher, importing its kernels at the first call (looked up once, not per call)."""
     module, name = LAUNCHERS[op]
 
     def launch(*args):
-        return getattr(kernels(module), name)(*args)
+        return _launch_function(module, name)(*args)
 
     launch.__name__ = name
     return launch
