@@ -62,6 +62,11 @@ def _torch_attend(q, k, v, dropout_p, seed):
     return reference_attention(q, k, v, dropout_p, keep)
 
 
+def _seed_tensor(seed: Optional[Tensor | int]) -> Optional[Tensor]:
+    """A seed as the ops take it: a 0-dim int64 tensor (None stays None)."""
+    return torch.tensor(seed, dtype=torch.int64) if isinstance(seed, int) else seed
+
+
 _UNUSED_SEED = torch.zeros((), dtype=torch.int64)  # p = 0 draws no mask: no tensor per call
 
 
@@ -153,8 +158,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     """Causal attention of q, k, v (B, H, T, D) with dropout `dropout_p` on the weights.
     `seed` fixes the dropout mask (see `dropout_keep_mask`); by default each call draws one from
     torch's generator (the `torch` backend then uses `F.dropout`, as the lecture does)."""
-    if isinstance(seed, int):
-        seed = torch.tensor(seed, dtype=torch.int64)
+    seed = _seed_tensor(seed)
     return _BACKENDS[resolve_backend(backend, q)].attend(q, k, v, dropout_p, seed)
 
 
@@ -164,8 +168,7 @@ def causal_attention_qkv(qkv: Tensor, n_head: int, dropout_p: float = 0.0, backe
     (B, T, 3C) = (B, T, 3, H, D) and the output is (B, T, C) = (B, T, H, D), heads side by side, as
     the output projection reads it. The fused kernels read and write these layouts in place (the
     backward fills one (B, T, 3C) gradient): no transpose, contiguous or cat copies."""
-    if isinstance(seed, int):
-        seed = torch.tensor(seed, dtype=torch.int64)
+    seed = _seed_tensor(seed)
     name = resolve(backend, qkv.device.type, qkv.dtype, qkv.shape[-1] // (3 * n_head))
     return _BACKENDS[name].attend_qkv(qkv, n_head, dropout_p, seed)
 
@@ -208,10 +211,7 @@ def dropout_add(x: Tensor, residual: Tensor, dropout_p: float, seed: Optional[Te
     one (so torch.manual_seed fixes the masks); p = 0 is a plain add."""
     if dropout_p == 0:
         return residual + x
-    if seed is None:
-        seed = draw_seed()
-    elif isinstance(seed, int):
-        seed = torch.tensor(seed, dtype=torch.int64)
+    seed = draw_seed() if seed is None else _seed_tensor(seed)
     if residual_dropout_status(x.device.type) is None:
         return ops.dropout_add(x, residual, dropout_p, seed)
     return reference_dropout_add(x, residual, dropout_p, int(seed))
