@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fastgpt import checkpoint
-from fastgpt.data import read_text
+from fastgpt.data import TextSource, scan
 from fastgpt.cli import UserError, run_cli
 from fastgpt.files import check_out_dir, claim_out_dir
 from fastgpt.model import GPT, GPTConfig
@@ -164,7 +164,7 @@ def convert(lecture_path: Path, vocab_path: Path, out_dir: Path) -> Path:
     check_not_written(target)
     state = load_lecture_state_dict(lecture_path)
     model = gpt_from_lecture(state, str(lecture_path))
-    tokenizer = CharTokenizer.from_text(read_text(vocab_path, "--vocab"))
+    tokenizer = CharTokenizer(scan(TextSource.file(vocab_path, "--vocab")).chars)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"{vocab_path} has {tokenizer.vocab_size} distinct characters but the "
                         f"model's vocabulary has {model.config.vocab_size}; pass the text the "

@@ -98,17 +98,6 @@ def word_aligned(pieces: Iterable[str], max_chars: int) -> Iterator[str]:
         yield carry
 
 
-class CharEncoder:
-    """Vectorised CharTokenizer.encode: code points -> ids through a lookup table."""
-
-    def __init__(self, tokenizer: CharTokenizer, dtype: np.dtype):
-        self.table = np.zeros(max(map(ord, tokenizer.itos)) + 1, dtype=dtype)
-        self.table[[ord(ch) for ch in tokenizer.itos]] = np.arange(tokenizer.vocab_size)
-
-    def __call__(self, text: str) -> np.ndarray:
-        return self.table[np.frombuffer(text.encode("utf-32-le"), dtype="<u4")]
-
-
 def write_ids(path: Path, arrays: Iterable[np.ndarray], size: int = 0) -> int:
     """Write id arrays, one after the other, into `path`, atomically (a kill or a full disk leaves
     no partial file); the number of ids written. `size`: the bytes expected, when known."""
@@ -141,10 +130,10 @@ def prepare(data: Path, tokenizer_kind: str, out: Path, vocab_size: int = DEFAUL
 
     if tokenizer_kind == "char":
         tokenizer = CharTokenizer(chars)
-        encoder = CharEncoder(tokenizer, ids_dtype(tokenizer.vocab_size))
+        table = tokenizer.id_table(ids_dtype(tokenizer.vocab_size))
 
         def encode(split):
-            return map(encoder, split_text(split))
+            return (table[np.frombuffer(text.encode("utf-32-le"), "<u4")] for text in split_text(split))
     else:
         tokenizer = BPETokenizer.train(split_text("train"), vocab_size)
         dtype = ids_dtype(tokenizer.vocab_size)

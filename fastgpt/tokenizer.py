@@ -7,6 +7,8 @@ checkpoint and dataset, loadable with torch.load(weights_only=True)), read back 
 """
 from typing import Iterable, Iterator
 
+import numpy as np
+
 
 class CharTokenizer:
     kind = "char"
@@ -35,6 +37,12 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.itos[i] for i in ids)
+
+    def id_table(self, dtype: np.dtype) -> np.ndarray:
+        """The vectorised encode: ids indexed by code point, `table[code_points]`."""
+        table = np.zeros(max(map(ord, self.itos)) + 1, dtype=dtype)
+        table[[ord(ch) for ch in self.itos]] = np.arange(self.vocab_size)
+        return table
 
     def state_dict(self) -> dict:
         """Plain data (safe for torch.load(weights_only=True)), saved inside every checkpoint."""

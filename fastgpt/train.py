@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fastgpt import checkpoint
 from fastgpt.cli import UserError, check_fits, pick_device, run_cli
 from fastgpt.config import TrainConfig, build_parser, config_from_args, config_from_dict, validate
-from fastgpt.data import RandomBatches, read_text, shakespeare, split, text_sha256
+from fastgpt.data import RandomBatches, TextSource, encode_chars, split
 from fastgpt.dataset import MemmapDataset, bits_per_char
 from fastgpt.distributed import SINGLE, Processes, launched_processes, start, stop
 from fastgpt.files import DiskFull, check_out_dir
@@ -68,31 +68,15 @@ def resolve_config(args) -> tuple[TrainConfig, Optional[dict]]:
     return cfg, ckpt
 
 
-def load_text(cfg: TrainConfig) -> str:
-    return read_text(cfg.data) if cfg.data is not None else shakespeare()
-
-
-def encode_text(text: str, tokenizer: CharTokenizer) -> torch.Tensor:
-    missing = tokenizer.unknown(text)
-    if missing:
-        raise UserError(f"the data has characters outside the checkpoint's vocabulary "
-                        f"({''.join(missing[:20])!r}); resume with the data the run started with")
-    return torch.tensor(tokenizer.encode(text), dtype=torch.long)
-
-
-def text_splits(cfg: TrainConfig, ckpt: Optional[dict]):
+def text_splits(cfg: TrainConfig, ckpt: Optional[dict], show_progress: bool = True):
     """(splits, tokenizer, data hash, chars per token) of the text file, encoded in memory."""
-    text = load_text(cfg)
-    data_hash = text_sha256(text)
+    source = TextSource.file(cfg.data) if cfg.data is not None else TextSource.packaged()
     if ckpt is None:
-        tokenizer = CharTokenizer.from_text(text)
+        ids, tokenizer, data_hash = encode_chars(source, show_progress=show_progress)
     else:
-        if ckpt.get("data_sha256") not in (None, data_hash):
-            raise UserError(f"the data differs from the data the checkpoint was trained on; resume "
-                            f"with the same --data (it was {ckpt['train_config'].get('data')})")
-        tokenizer = checkpoint.tokenizer_from_checkpoint(ckpt)
-    ids = encode_text(text, tokenizer)
-    return split(ids, cfg.block_size), tokenizer, data_hash, len(text) / len(ids)
+        ids, tokenizer, data_hash = encode_chars(source, checkpoint.tokenizer_from_checkpoint(ckpt),
+                                                 ckpt.get("data_sha256"), show_progress)
+    return split(ids, cfg.block_size), tokenizer, data_hash, 1.0
 
 
 def dataset_splits(cfg: TrainConfig, ckpt: Optional[dict]):

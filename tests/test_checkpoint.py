@@ -1,5 +1,6 @@
 """fastgpt.checkpoint: round trip, atomic save, and files that must be refused."""
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -7,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from clitools import TINY_RUN, assert_user_error, run_module, snapshot
 from fastgpt import checkpoint
 from fastgpt.cli import UserError
 from fastgpt.files import DiskFull
@@ -80,6 +82,39 @@ def test_damaged_weights(tmp_path, saved):
     torch.save(ckpt, saved)
     with pytest.raises(UserError, match="damaged.*lm_head.weight"):
         checkpoint.load(saved)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_every_tool(tmp_path, value):
+    """A run that diverged or a damaged file: sampling, resuming and a library load refuse it in one
+    line naming the tensor, and nothing in the out_dir changes."""
+    out_dir = tmp_path / "out"
+    assert run_module("fastgpt.train", *TINY_RUN, "--max-iters", "2", "--out-dir", out_dir,
+                      cwd=tmp_path).returncode == 0
+    ckpt = torch.load(out_dir / checkpoint.LAST, weights_only=True)
+    ckpt["model"]["blocks.0.mlp.proj.weight"][1, 2] = value
+    for name in (checkpoint.LAST, checkpoint.BEST):
+        torch.save(ckpt, out_dir / name)
+    before = snapshot(out_dir)
+    told = "NaN or infinite values (model tensor blocks.0.mlp.proj.weight)"
+    assert_user_error(run_module("fastgpt.sample", "--out-dir", out_dir, cwd=tmp_path), told, "best.pt")
+    assert_user_error(run_module("fastgpt.train", *TINY_RUN, "--max-iters", "4", "--resume", "--out-dir",
+                                 out_dir, cwd=tmp_path), told, "last.pt", "--resume from a copy")
+    with pytest.raises(UserError, match=re.escape(told)):
+        checkpoint.load(out_dir)
+    assert snapshot(out_dir) == before
+
+
+def test_non_finite_optimizer_state_is_refused(saved, model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long))[0].sum().backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    state["state"][0]["exp_avg_sq"][0] = float("nan")
+    checkpoint.save(checkpoint.make(model, tokenizer, optimizer=state), saved)
+    with pytest.raises(UserError, match=re.escape("(optimizer state exp_avg_sq of parameter 0)")):
+        checkpoint.load_checkpoint(saved)
 
 
 class RunsCode:

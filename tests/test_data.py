@@ -1,14 +1,16 @@
 """fastgpt.data: the packaged corpus, text checks, split, batches."""
 import gzip
 import hashlib
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from clitools import TINY_RUN, run_module
-from fastgpt import checkpoint, data
+from clitools import TINY_RUN, run_module, snapshot
+from fastgpt import checkpoint, data, train
 from fastgpt.cli import UserError
+from fastgpt.tokenizer import CharTokenizer
 
 
 def test_packaged_corpus_is_tiny_shakespeare():
@@ -43,25 +45,82 @@ def test_training_without_data_uses_the_packaged_corpus(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"),
     (b"", "is empty"),
-    ("café\n".encode("latin-1"), "not UTF-8"),
+    ("café\n".encode("latin-1"), "not UTF-8 text (invalid byte at offset 3)"),
+    ("ab" * 50 + "é", "invalid byte at offset 100"),  # cut at the end of the file
 ])
 def test_bad_text_files(tmp_path, content, message):
     path = tmp_path / "input.txt"
     if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(UserError, match=message):
-        data.read_text(path)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8")[:-1])
+    with pytest.raises(UserError, match=re.escape(message)):
+        data.encode_chars(data.TextSource.file(path))
 
 
 def test_directory_is_not_a_text_file(tmp_path):
     with pytest.raises(UserError, match="not a file"):
-        data.read_text(tmp_path)
+        data.TextSource.file(tmp_path)
 
 
-def test_reads_any_utf8(tmp_path):
-    path = tmp_path / "poem.txt"
-    path.write_text("Ünïcødé — 詩\n", encoding="utf-8")
-    assert data.read_text(path) == "Ünïcødé — 詩\n"
+MIXED_TEXT = "Ünïcødé — 詩, 😀 and plain ASCII.\n" * 300 + "x" * 5000 + "é" * 300
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 7, 4096, 1 << 23])
+def test_encoding_in_pieces_equals_the_char_tokenizer(tmp_path, monkeypatch, chunk_bytes):
+    """Pieces cut inside multi-byte characters, ASCII pieces next to others: the ids, vocabulary
+    and hash are those of the whole text encoded at once."""
+    path = tmp_path / "mixed.txt"
+    path.write_text(MIXED_TEXT, encoding="utf-8", newline="")
+    monkeypatch.setattr(data, "CHUNK_BYTES", chunk_bytes)
+    ids, tokenizer, sha256 = data.encode_chars(data.TextSource.file(path))
+    expected = CharTokenizer.from_text(MIXED_TEXT)
+    assert tokenizer.itos == expected.itos and tokenizer.vocab_size == 23
+    assert ids.dtype == torch.uint8
+    assert torch.equal(ids.long(), torch.tensor(expected.encode(MIXED_TEXT)))
+    assert sha256 == hashlib.sha256(MIXED_TEXT.encode("utf-8")).hexdigest()
+
+
+def test_ids_take_the_smallest_type(tmp_path):
+    path = tmp_path / "wide.txt"
+    text = "".join(map(chr, range(0x400, 0x400 + 300))) + "\U0001F600"  # 301 characters
+    path.write_text(text, encoding="utf-8")
+    ids, tokenizer, _ = data.encode_chars(data.TextSource.file(path))
+    assert ids.dtype == torch.uint16 and tokenizer.vocab_size == 301
+    assert tokenizer.decode(ids.tolist()) == text
+
+
+def test_the_packaged_corpus_encodes_as_the_lecture(tmp_path):
+    ids, tokenizer, sha256 = data.encode_chars(data.TextSource.packaged())
+    text = data.shakespeare()
+    assert sha256 == data.CORPUS_SHA256
+    assert torch.equal(ids.long(), torch.tensor(CharTokenizer.from_text(text).encode(text)))
+
+
+def test_a_resumed_run_keeps_its_vocabulary_and_text(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("abcabc", encoding="utf-8")
+    source = data.TextSource.file(path)
+    _, tokenizer, sha256 = data.encode_chars(source)
+    with pytest.raises(UserError, match="differs from the data the checkpoint was trained on"):
+        data.encode_chars(source, tokenizer, "0" * 64)
+    with pytest.raises(UserError, match="outside the checkpoint's vocabulary \\('c'\\)"):
+        data.encode_chars(source, CharTokenizer("ab"), sha256)
+
+
+def test_text_too_large_for_memory_names_prepare_and_touches_nothing(tmp_path, monkeypatch):
+    """The memory check runs on the file's size before reading it, then on the exact count; the
+    refusal is one line naming `fastgpt.prepare`, and the out_dir is left as it was."""
+    path = tmp_path / "big.txt"
+    path.write_text("ab\n" * 4000, encoding="utf-8")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine")
+    for available, told in [(2_000, "at least 3,000 characters"), (20_000, "12,000 characters")]:
+        monkeypatch.setattr(data, "available_memory", lambda: available)
+        with pytest.raises(UserError, match=re.escape(told)) as refused:
+            train.main(["--data", str(path), *TINY_RUN, "--out-dir", str(out_dir)])
+        assert f"python -m fastgpt.prepare --data {path} --out big-dataset" in str(refused.value)
+        assert "--dataset big-dataset" in str(refused.value) and "\n" not in str(refused.value)
+        assert snapshot(out_dir) == {"notes.txt": b"mine"}
 
 
 def test_split_is_90_10_and_needs_a_window_in_each():

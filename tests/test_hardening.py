@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 
+import fastgpt.data
 from clitools import SMALL_TEXT, TINY_RUN, snapshot
 from fastgpt import checkpoint, convert, info, prepare, sample, train
 from fastgpt.cli import run_cli
@@ -275,10 +276,10 @@ def test_out_dir_that_is_a_file_is_refused_before_any_work(tmp_path, data, capsy
 
 
 def test_unreadable_data_is_one_line(tmp_path, data, capsys, monkeypatch):
-    def denied(self):
+    def denied(*args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(type(data), "read_bytes", denied)  # root reads every file: patch instead
+    monkeypatch.setattr(fastgpt.data, "open", denied, raising=False)  # root reads every file: patch instead
     assert_refused(run_tool("train", *FAST_RUN, "--data", data, "--out-dir", tmp_path / "o",
                             capsys=capsys), "cannot read", "Permission denied")
 

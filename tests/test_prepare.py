@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastgpt import prepare as prep
-from fastgpt.data import read_text, shakespeare, split
+from fastgpt.data import shakespeare, split
 from fastgpt.dataset import MemmapDataset, ids_dtype, read_meta
 from fastgpt.cli import UserError
 from fastgpt.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_state_dict
@@ -48,7 +48,7 @@ def test_ids_round_trip_to_the_text(tmp_path, kind):
     src = tmp_path / "in.txt"
     src.write_bytes(text.encode("utf-8"))
     meta = prep.prepare(src, kind, tmp_path / "ds", vocab_size=300, chunk_chars=777)
-    expected = read_text(src)  # the in-memory path's text: "\r\n" kept
+    expected = src.read_bytes().decode("utf-8")  # the in-memory path's text: "\r\n" kept
     assert expected == text
     assert decoded_splits(tmp_path / "ds") == expected
     n_train = int(0.9 * len(expected))
