@@ -27,8 +27,8 @@ from fastgpt.tokenizer import CharTokenizer
 CORPUS_FILE = "tinyshakespeare.txt.gz"  # package data beside this module
 CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"  # of the text
 TRAIN_FRACTION = 0.9
-# A file is read in pieces of 8 MiB: decoding one takes at most ~100 MB, whatever the file's size.
-CHUNK_BYTES = 1 << 23
+# A file is read in pieces of 1 MiB: decoding one takes at most ~25 MB, whatever the size of the file.
+CHUNK_BYTES = 1 << 20
 MAX_CODE_POINT = 0x10FFFF
 PROGRESS_AFTER = 2.0  # seconds of reading before a bar appears
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastgpt.cli import UserError
 from fastgpt.decode import DTYPES, cached_steps
 
 WINDOWS = ("exact", "slide")
@@ -128,6 +129,10 @@ def _draw_tokens(model, idx, max_new_tokens, greedy, generators, window, filters
             logits = step(token)
         else:
             logits = refill(model, cache, step, tokens[:, :t], window)
+        if not torch.isfinite(logits).all():
+            raise UserError(f"the model's outputs after {t} tokens are not finite (its weights "
+                            f"overflow float32): the checkpoint's run diverged or the file is "
+                            f"damaged; sample from another checkpoint")
         token = logits.argmax(dim=-1) if greedy else draw(filter_logits(logits, **filters), generators)
         tokens[:, t] = token
         yield token

@@ -5,18 +5,17 @@
 The text is streamed in pieces of CHUNK_CHARS characters (read in text mode, so a multi-byte
 character is never cut; newlines kept as they are, like the in-memory path's `read_text`);
 memory stays bounded by the piece size, the character vocabulary and BPE's word counts, never by
-the file. Passes over the file: sha256; the character count (and the character vocabulary); BPE
+the file. Passes over the file: the character count, vocabulary and sha256 (fastgpt.data.scan); BPE
 training on the train split (bpe only); encoding both splits into train.bin / val.bin. The split
 is by characters, the first 90 % train, as in the in-memory path.
 """
 import argparse
-import hashlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from fastgpt.data import TRAIN_FRACTION
+from fastgpt.data import TRAIN_FRACTION, TextSource, scan
 from fastgpt.dataset import META, SPLITS, ids_dtype, split_path, write_meta
 from fastgpt.cli import UserError, run_cli
 from fastgpt.files import atomic_write, check_not_users, check_out_dir, claim_out_dir
@@ -59,20 +58,6 @@ def read_range(path: Path, start: int, stop: int, chunk_chars: int) -> Iterator[
             return
 
 
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def count_chars(path: Path, chunk_chars: int) -> tuple[int, set[str]]:
-    """(number of characters, set of distinct characters) in one streaming pass."""
-    n, chars = 0, set()
-    for chunk in read_chunks(path, chunk_chars):
-        n += len(chunk)
-        chars.update(chunk)
-    return n, chars
-
-
 def last_word_boundary(text: str) -> int:
     """The last index i where a non-space character is followed by a space or newline, else 0.
     No pre-token of the byte-level BPE (GPT-2's pattern) spans such a point, so text cut there
@@ -113,12 +98,11 @@ def prepare(data: Path, tokenizer_kind: str, out: Path, vocab_size: int = DEFAUL
             chunk_chars: int = CHUNK_CHARS) -> dict:
     """Write train.bin, val.bin and meta.json of `data` into `out`; returns the meta."""
     data, out = Path(data), Path(out)
-    if not data.is_file():
-        raise UserError(f"no text file at {data}; pass an existing UTF-8 file with --data")
+    source = TextSource.file(data)
     check_out_dir(out, "--out")
     check_finished(out)
     check_not_users(out, "--out", FILES)
-    n_chars, chars = count_chars(data, chunk_chars)
+    chars, n_chars, sha256 = scan(source)
     if n_chars < 2:
         raise UserError(f"{data} has {n_chars} characters, too few to split into train and val; "
                         f"pass a longer text")
@@ -154,7 +138,7 @@ def prepare(data: Path, tokenizer_kind: str, out: Path, vocab_size: int = DEFAUL
         meta = {"tokenizer": tokenizer.state_dict(), "vocab_size": tokenizer.vocab_size,
                 "dtype": ids_dtype(tokenizer.vocab_size).name,
                 "source": {"path": str(data.resolve()), "bytes": data.stat().st_size,
-                           "sha256": sha256_of(data)},
+                           "sha256": sha256},
                 **counts}
         write_meta(out, meta)
     return meta

@@ -105,6 +105,20 @@ def test_non_finite_weights_are_refused_by_every_tool(tmp_path, value):
     assert snapshot(out_dir) == before
 
 
+def test_weights_that_overflow_stop_sampling_in_one_line(tmp_path):
+    """Finite weights so large that the logits overflow (a run that was about to diverge): the
+    sampler stops at the first such output instead of failing inside torch.multinomial."""
+    out_dir = tmp_path / "out"
+    assert run_module("fastgpt.train", *TINY_RUN, "--max-iters", "2", "--out-dir", out_dir,
+                      cwd=tmp_path).returncode == 0
+    ckpt = torch.load(out_dir / checkpoint.BEST, weights_only=True)
+    ckpt["model"]["lm_head.weight"].fill_(3e38)  # finite, but a dot product of 16 overflows
+    torch.save(ckpt, out_dir / checkpoint.BEST)
+    for flags in ([], ["--greedy"]):
+        assert_user_error(run_module("fastgpt.sample", "--out-dir", out_dir, *flags, cwd=tmp_path),
+                          "outputs after 1 tokens are not finite", "sample from another checkpoint")
+
+
 def test_non_finite_optimizer_state_is_refused(saved, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     optimizer = torch.optim.AdamW(model.parameters())

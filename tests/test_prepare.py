@@ -228,15 +228,17 @@ def test_meta_with_a_wrong_dtype_is_rejected(dataset_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "missing.txt"], "no text file"),
+    (["--data", "missing.txt"], "does not exist"),
     (["--data", "bad.txt"], "not UTF-8"),
-    (["--data", "empty.txt"], "too few"),
+    (["--data", "empty.txt"], "is empty"),
+    (["--data", "one.txt"], "too few"),
     (["--data", "good.txt", "--vocab-size", "100", "--tokenizer", "bpe"], "256"),
     (["--data", "good.txt", "--vocab-size", "300"], "applies to --tokenizer bpe"),
 ])
 def test_prepare_cli_bad_input_is_one_line(tmp_path, args, message):
     (tmp_path / "bad.txt").write_bytes(b"abc\xff\xfedef")
     (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "one.txt").write_bytes(b"a")
     (tmp_path / "good.txt").write_text("hello world\n" * 20)
     args = [str(tmp_path / a) if a.endswith(".txt") else a for a in args]
     r = run_prepare_cli(*args, "--out", tmp_path / "out")
