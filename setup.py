@@ -1,32 +1,46 @@
 """Builds fastgpt: the packages (found, never listed by hand) and the C++ extension fastgpt._C.
 
 Install with `pip install --no-build-isolation .` so that it builds against the torch already
-installed (an isolated build would download another torch). FASTGPT_DEBUG=1 builds with -O0 -g.
+installed (an isolated build would download another torch). The flags follow the compiler in use
+(build_flags.py): FASTGPT_DEBUG=1 builds with -O0 -g, FASTGPT_OPENMP=0 without OpenMP. The
+extension is optional: a compiler that cannot build it (none at all, MSVC, which lacks the GCC
+vector extensions the kernels are written in) leaves an install that runs the PyTorch reference.
 """
 import glob
 import os
+import sys
 
 import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import BuildExtension, CppExtension, get_cxx_compiler
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build_flags  # noqa: E402  (beside this file)
 
 # fastgpt/ and its subpackages, and the Triton kernels of kernels/ installed as fastgpt.kernels.
 packages = find_packages(include=["fastgpt", "fastgpt.*"])
 packages += ["fastgpt.kernels"] + [f"fastgpt.kernels.{name}" for name in find_packages("kernels")]
 
 sources = sorted(glob.glob("csrc/*.cpp"))
-debug = os.environ.get("FASTGPT_DEBUG") == "1"
-# -ffp-contract=fast lets the AVX2 copy of the kernels fuse multiply-adds (ISO C++ mode forbids it).
-compile_args = ["-O0", "-g"] if debug else ["-O3", "-ffp-contract=fast"]
-# Where torch runs at::parallel_for on OpenMP, the inline loop in its header is parallel only when the
-# extension is compiled and linked with -fopenmp too: without it every kernel runs on one core.
-# (A torch on its native thread pool needs no flag.)
-openmp = ["-fopenmp"] if torch._C.has_openmp else []
+
+
+class BuildWithCompilerFlags(BuildExtension):
+    """torch's build_ext, with the flags build_flags chooses for the compiler it holds."""
+
+    def build_extensions(self):
+        flags = build_flags.for_compiler(self.compiler, get_cxx_compiler(), os.path.dirname(torch.__file__),
+                                         torch._C.has_openmp)
+        if flags.warning:
+            print(f"warning: {flags.warning}", file=sys.stderr)
+        for extension in self.extensions:
+            extension.extra_compile_args = {"cxx": flags.compile}
+            extension.extra_link_args = flags.link
+        super().build_extensions()
+
 
 setup(
     packages=packages,
     package_dir={"fastgpt.kernels": "kernels"},
-    ext_modules=[CppExtension("fastgpt._C", sources, extra_compile_args={"cxx": compile_args + openmp},
-                              extra_link_args=openmp)],
-    cmdclass={"build_ext": BuildExtension},
+    ext_modules=[CppExtension("fastgpt._C", sources, optional=True)],
+    cmdclass={"build_ext": BuildWithCompilerFlags},
 )

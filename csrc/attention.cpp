@@ -96,7 +96,9 @@ Tensor forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const
   TORCH_CHECK(out_in.sizes() == q_in.sizes() && out_in.scalar_type() == q_in.scalar_type(),
               "fastgpt._C: out must have q's shape and dtype");
   const auto dtype = compute_dtype(q_in);
-  const auto [q, k, v] = readable_qkv(q_in, k_in, v_in, dtype);
+  // named tensors, not a structured binding: C++17 lambdas cannot capture those (clang refuses)
+  const std::array<Tensor, 3> qkv = readable_qkv(q_in, k_in, v_in, dtype);
+  const Tensor &q = qkv[0], &k = qkv[1], &v = qkv[2];
   const Tensor out = writable(out_in, dtype);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   Tensor lse = at::empty({B, H, T}, q.options().dtype(dtype));
@@ -136,7 +138,9 @@ void backward(const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in,
     TORCH_CHECK(t->scalar_type() == q_in.scalar_type(), "fastgpt._C: dq, dk, dv must have q's dtype");
   TORCH_CHECK(lse_in.sizes() == q_in.sizes().slice(0, 3), "fastgpt._C: lse must be (B, H, T)");
   const auto dtype = compute_dtype(q_in);
-  const auto [q, k, v] = readable_qkv(q_in, k_in, v_in, dtype);
+  // named tensors, not a structured binding: C++17 lambdas cannot capture those (clang refuses)
+  const std::array<Tensor, 3> qkv = readable_qkv(q_in, k_in, v_in, dtype);
+  const Tensor &q = qkv[0], &k = qkv[1], &v = qkv[2];
   const Tensor grad_out = readable(grad_out_in, dtype), out = readable(out_in, dtype);
   const Tensor lse = prepared(lse_in, dtype);
   const Tensor dq = writable(dq_in, dtype), dk = writable(dk_in, dtype), dv = writable(dv_in, dtype);

@@ -29,7 +29,7 @@ namespace FASTGPT_ISA {
 template <typename T>
 inline void keep_multipliers(const Dropout& dr, uint64_t bh, int64_t row, int64_t col0, int count, T kept, T* z) {
   uint16_t draws[kDrawsPerPhiloxStep];
-  const VecMask<T> threshold = VecMask<T>{} + dr.threshold;
+  const VecMask<T> threshold = VecMask<T>{} + static_cast<int32_t>(dr.threshold);  // < 2^16: exact
   for (int c0 = 0; c0 < count; c0 += kDrawsPerPhiloxStep) {
     philox_draws(dr, bh, row, (col0 + c0) / kDrawsPerCall, draws);
     for (int c = c0; c < std::min(count, c0 + kDrawsPerPhiloxStep); c += kLanes) {

@@ -15,7 +15,7 @@ namespace FASTGPT_ISA {
 template <typename T>
 void dropout_add_range(const Dropout& dr, const T* x, const T* residual, int64_t begin, int64_t end, T* out) {
   uint16_t draws[kDrawsPerPhiloxStep];
-  const VecMask<T> threshold = VecMask<T>{} + dr.threshold;
+  const VecMask<T> threshold = VecMask<T>{} + static_cast<int32_t>(dr.threshold);  // < 2^16: exact
   const T kept = static_cast<T>(dr.keep_scale);
   for (int64_t e0 = begin; e0 < end; e0 += kDrawsPerPhiloxStep) {
     // lanes never cross a 2^32 boundary of the block index: block0 is a multiple of kLanes

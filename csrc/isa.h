@@ -4,13 +4,19 @@
 
 #include <atomic>
 
+// x86-64 with GCC or clang compiles the AVX2 and AVX-512 copies (target attributes); MSVC and
+// other targets (aarch64) compile the portable copy only.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTGPT_HAVE_X86_COPIES 1
+#endif
+
 namespace fastgpt {
 
 enum class IsaLevel { baseline, avx2, avx512 };
 inline const char* const kIsaNames[] = {"baseline", "avx2+fma", "avx512"};
 
 inline IsaLevel best_isa() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#ifdef FASTGPT_HAVE_X86_COPIES
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
     return IsaLevel::avx512;

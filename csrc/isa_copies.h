@@ -1,6 +1,7 @@
 // Compiles the kernel header named by FASTGPT_KERNELS three times: for the baseline x86-64/ARM
-// target (namespace fastgpt::baseline) and, with GCC on x86-64, for AVX2 + FMA (fastgpt::avx2) and
-// AVX-512 (fastgpt::avx512); with_isa calls the copy of the instruction set in use (isa.h): a
+// target (namespace fastgpt::baseline) and, with GCC or clang on x86-64, for AVX2 + FMA
+// (fastgpt::avx2) and AVX-512 (fastgpt::avx512); with_isa calls the copy of the instruction set in
+// use (isa.h): a
 // portable build that is still fast, with no host-specific build flag. Include it once per .cpp
 // file, after the torch headers and with FASTGPT_KERNELS defined as a quoted header name that
 // defines the struct Kernels of each copy.
@@ -21,11 +22,21 @@
 #undef FASTGPT_AVX2_INTRINSICS
 #undef FASTGPT_ISA
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#ifdef FASTGPT_HAVE_X86_COPIES
 #include <immintrin.h>
-#define FASTGPT_HAVE_X86_COPIES 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+// GCC sets a target for every function that follows; clang applies the same target attribute to
+// every function (lambdas included) declared inside its push/pop.
+#ifdef __clang__
+#define FASTGPT_TARGET_BEGIN(features) \
+  _Pragma(FASTGPT_STRINGIFY(clang attribute push(__attribute__((target(features))), apply_to = function)))
+#define FASTGPT_TARGET_END _Pragma("clang attribute pop")
+#else
+#define FASTGPT_TARGET_BEGIN(features) _Pragma("GCC push_options") _Pragma(FASTGPT_STRINGIFY(GCC target(features)))
+#define FASTGPT_TARGET_END _Pragma("GCC pop_options")
+#endif
+#define FASTGPT_STRINGIFY(x) #x
+
+FASTGPT_TARGET_BEGIN("avx2,fma")
 #define FASTGPT_ISA avx2
 #define FASTGPT_AVX2_INTRINSICS 1
 #define FASTGPT_AVX512_INTRINSICS 0
@@ -33,12 +44,11 @@
 #undef FASTGPT_AVX512_INTRINSICS
 #undef FASTGPT_AVX2_INTRINSICS
 #undef FASTGPT_ISA
-#pragma GCC pop_options
+FASTGPT_TARGET_END
 
 // AVX-512 (F, BW, DQ, VL): Philox runs on one 512-bit register of eight 64-bit lanes, and the
 // 256-bit float vectors get 32 registers, masked moves and three-way logic (vpternlog).
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+FASTGPT_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 #define FASTGPT_ISA avx512
 #define FASTGPT_AVX2_INTRINSICS 1
 #define FASTGPT_AVX512_INTRINSICS 1
@@ -46,7 +56,7 @@
 #undef FASTGPT_AVX512_INTRINSICS
 #undef FASTGPT_AVX2_INTRINSICS
 #undef FASTGPT_ISA
-#pragma GCC pop_options
+FASTGPT_TARGET_END
 #endif
 
 namespace fastgpt {

@@ -30,8 +30,8 @@ def versions() -> str:
 
 
 def report() -> str:
-    lines = [versions(), f"CPU: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-                         f"C++ kernels: {cpu.instruction_set() or 'not built'}"]
+    lines = [versions(), f"CPU: {platform.machine()}, {torch.get_num_threads()} torch threads",
+             f"C++ kernels: {cpu.build_summary()}"]
     for device_type in device_types():
         name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"
         lines.append(f"\n{device_type} ({name}), float32, head size {HEAD_SIZE}:")

@@ -5,6 +5,7 @@ csrc/), with the outputs allocated in C++: the dispatcher calls them with no Pyt
 This module is the one place that imports it; without it (not built, or a broken build) nothing is
 registered and `missing` says why.
 """
+import platform
 from typing import Optional
 
 import torch
@@ -38,6 +39,20 @@ def unsupported(device_type: str, dtype: torch.dtype, head_size: int) -> Optiona
 def instruction_set() -> Optional[str]:
     """The instruction set the kernels use on this CPU (None without the extension)."""
     return None if extension is None else extension.instruction_set()
+
+
+def build_summary() -> str:
+    """How the C++ kernels were built and which copy runs, for `fastgpt info`."""
+    if extension is None:
+        return f"not built ({missing})"
+    built = extension.build_info()
+    threads = "OpenMP" if built["openmp"] else "serial (built without OpenMP)"
+    copies = ", ".join(built["copies"])
+    why = ""
+    if len(built["copies"]) == 1:
+        why = (" (the AVX2 and AVX-512 copies are compiled by GCC or clang on x86-64)"
+               if platform.machine().lower() in ("x86_64", "amd64") else " (the portable copy)")
+    return f"{threads}, {instruction_set()} in use of {copies}{why}; built by {built['compiler'].strip()}"
 
 
 def set_instruction_set(name: str) -> None:

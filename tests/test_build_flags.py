@@ -1,0 +1,86 @@
+"""build_flags.py: the extension's flags follow the compiler in use. Compilers this machine lacks
+(Apple clang, MSVC) are faked by their `--version` text and a probe; GCC and, where installed,
+clang are probed for real."""
+import shutil
+
+import pytest
+
+import build_flags
+from fastgpt.ops import cpu
+
+VERSIONS = {
+    "gcc": "g++ (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022 Free Software Foundation, Inc.",
+    "clang": "Debian clang version 14.0.6\nTarget: x86_64-pc-linux-gnu",
+    "apple-clang": "Apple clang version 15.0.0 (clang-1500.3.9.4)\nTarget: arm64-apple-darwin23.4.0",
+}
+
+
+def probe_returning(error):
+    calls = []
+
+    def probe(compile_flags, link_flags):
+        calls.append((compile_flags, link_flags))
+        return error
+    probe.calls = calls
+    return probe
+
+
+@pytest.mark.parametrize("kind", list(VERSIONS))
+def test_the_version_text_names_the_compiler(kind):
+    assert build_flags.compiler_kind("unix", VERSIONS[kind]) == kind
+    assert build_flags.compiler_kind("msvc", "") == "msvc"
+
+
+@pytest.mark.parametrize("kind, compile_flags, link_flags", [
+    ("gcc", ["-O3", "-ffp-contract=fast", "-fopenmp"], ["-fopenmp"]),
+    ("clang", ["-O3", "-ffp-contract=fast", "-fopenmp"], ["-fopenmp"]),
+    # torch's own omp.h and libomp (the macOS wheels bundle them), never a second OpenMP runtime
+    ("apple-clang", ["-O3", "-ffp-contract=fast", "-Xpreprocessor", "-fopenmp", "-I/site/torch/include"],
+     ["-L/site/torch/lib", "-lomp"]),
+    ("msvc", ["/O2", "/fp:contract", "/openmp"], []),  # MSVC's own flags: no GCC flag reaches it
+])
+def test_openmp_flags_by_compiler(kind, compile_flags, link_flags):
+    probe = probe_returning(None)
+    flags = build_flags.choose(kind, "/site/torch", True, {}, probe)
+    assert (flags.compile, flags.link, flags.openmp, flags.warning) == (compile_flags, link_flags, True, None)
+    assert probe.calls == [(compile_flags[2:], link_flags)]  # the probe is built with them first
+
+
+@pytest.mark.parametrize("kind", ["gcc", "clang", "apple-clang", "msvc"])
+def test_a_failed_probe_builds_serial_kernels_with_one_warning(kind):
+    flags = build_flags.choose(kind, "/t", True, {}, probe_returning("fatal error: 'omp.h' file not found"))
+    assert not flags.openmp and "openmp" not in " ".join(flags.compile + flags.link).lower()
+    assert "without OpenMP" in flags.warning and "'omp.h' file not found" in flags.warning
+    assert "\n" not in flags.warning
+
+
+@pytest.mark.parametrize("env, torch_has_openmp", [({"FASTGPT_OPENMP": "0"}, True), ({}, False)])
+def test_openmp_off_on_purpose_or_when_torch_does_not_use_it(env, torch_has_openmp):
+    probe = probe_returning(None)
+    flags = build_flags.choose("gcc", "/t", torch_has_openmp, env, probe)
+    assert (flags.openmp, flags.warning, probe.calls) == (False, None, [])
+
+
+def test_debug_builds():
+    assert build_flags.choose("gcc", "/t", False, {"FASTGPT_DEBUG": "1"}, probe_returning(None)).compile == ["-O0", "-g"]
+    assert build_flags.choose("msvc", "/t", False, {"FASTGPT_DEBUG": "1"}, probe_returning(None)).compile == ["/Od", "/Zi"]
+
+
+def test_gcc_builds_openmp_programs_here():
+    assert build_flags.probe_unix("g++")(["-fopenmp"], ["-fopenmp"]) is None
+
+
+@pytest.mark.skipif(shutil.which("clang++") is None, reason="no clang++ on PATH (apt-get install clang)")
+def test_clang_without_libomp_is_found_out_by_the_probe():
+    """Debian's clang has no omp.h unless libomp-dev is installed: the probe says so in one line."""
+    kind = build_flags.compiler_kind("unix", build_flags.version_text("clang++"))
+    error = build_flags.probe_unix("clang++")(["-fopenmp"], ["-fopenmp"])
+    assert kind == "clang"
+    assert error is None or error.startswith(("fatal error", "error")), error
+
+
+@pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
+def test_info_says_how_the_kernels_were_built():
+    summary = cpu.build_summary()
+    assert summary.startswith(("OpenMP", "serial (built without OpenMP)")), summary
+    assert f"{cpu.instruction_set()} in use" in summary and "built by" in summary
