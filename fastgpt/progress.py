@@ -68,6 +68,7 @@ class Progress:
         self.started = self.last = clock()
         self.step_seconds: deque[float] = deque(maxlen=STEP_WINDOW)
         self.evaluation_seconds: Optional[float] = None
+        self.evaluated: Optional[int] = None  # the step of the last evaluation
         self.bar = progress_bar(start_iter, self.total) if enabled else None
 
     def _lap(self) -> float:
@@ -77,16 +78,17 @@ class Progress:
         return seconds
 
     def seconds_left(self, done: int) -> Optional[float]:
-        """The ETA after `done` steps; None until a step has been timed."""
-        if done == self.total:
-            return 0.0
+        """The ETA after `done` steps (and the evaluation at `done`, if it has run); None until a
+        step has been timed."""
         if not self.step_seconds:
             return None
         step = statistics.median(self.step_seconds)
         evaluation = self.evaluation_seconds
         if evaluation is None:
             evaluation = step * 2 * self.cfg.eval_iters * FORWARD_PER_STEP / self.cfg.grad_accum
-        return (self.total - done) * step + self.cfg.evaluations_after(done) * evaluation
+        evaluations = (self.cfg.evaluations_after(done)
+                       + (self.cfg.evaluates_at(done) and self.evaluated != done))
+        return (self.total - done) * step + evaluations * evaluation
 
     def _times(self, done: int) -> str:
         left = self.seconds_left(done)
@@ -109,7 +111,7 @@ class Progress:
 
     def evaluation(self, done: int, losses: dict[str, float], lr: float,
                    tokens_per_s: Optional[float], extra: Optional[str]) -> None:
-        self.evaluation_seconds = self._lap()
+        self.evaluation_seconds, self.evaluated = self._lap(), done
         speed = "" if tokens_per_s is None else f", {tokens_per_s:,.0f} tokens/s"
         line = (f"eval {done}/{self.total}: train loss {losses['train']:.4f}, val loss "
                 f"{losses['val']:.4f}{'' if extra is None else ' (' + extra + ')'}, lr {lr:.2e}"
