@@ -511,7 +511,7 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SING
 
 
 def train_from_args(args: argparse.Namespace, procs: Processes) -> GPT:
-    """The run that parsed flags, or fastgpt.train's keywords, describe: both tools run this."""
+    """The run that parsed flags or fastgpt.train's keywords describe: both entry points run this."""
     cfg, ckpt = resolve_config(args)
     try:
         model = train(cfg, ckpt, procs)
