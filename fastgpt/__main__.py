@@ -1,11 +1,12 @@
 """`fastgpt COMMAND [flags]`: every tool behind one command.
 
-    fastgpt train    train a model               (python -m fastgpt.train)
-    fastgpt sample   sample from a checkpoint    (python -m fastgpt.sample)
-    fastgpt prepare  tokenize a large text       (python -m fastgpt.prepare)
-    fastgpt convert  import the lecture's model  (python -m fastgpt.convert)
-    fastgpt info     versions, devices, backends (python -m fastgpt.info)
-    fastgpt bench    the benchmarks              (pytest bench/, from a source checkout)
+    fastgpt train      train a model               (python -m fastgpt.train)
+    fastgpt sample     sample from a checkpoint    (python -m fastgpt.sample)
+    fastgpt attention  pictures of attention       (python -m fastgpt.attention_maps)
+    fastgpt prepare    tokenize a large text       (python -m fastgpt.prepare)
+    fastgpt convert    import the lecture's model  (python -m fastgpt.convert)
+    fastgpt info       versions, devices, backends (python -m fastgpt.info)
+    fastgpt bench      the benchmarks              (pytest bench/, from a source checkout)
 
 `fastgpt COMMAND --help` lists a command's flags; they are those of its `python -m` tool.
 """
@@ -16,7 +17,9 @@ from typing import Optional
 
 from fastgpt.cli import UserError, run_cli
 
-TOOLS = ("train", "sample", "prepare", "convert", "info")
+# command -> its module (`fastgpt.attention` is the attention dispatch point, not a tool)
+TOOLS = {"train": "train", "sample": "sample", "prepare": "prepare", "convert": "convert",
+         "attention": "attention_maps", "info": "info"}
 
 
 def bench(argv: list[str]) -> None:
@@ -47,7 +50,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise UserError(f"unknown command {command!r}; choose one of {', '.join(TOOLS)}, bench "
                         f"(`fastgpt --help` says what each does)")
     sys.argv[0] = f"fastgpt {command}"  # argparse names the command in usage lines and errors
-    importlib.import_module(f"fastgpt.{command}").main(rest)
+    importlib.import_module(f"fastgpt.{TOOLS[command]}").main(rest)
 
 
 def entry_point() -> None:

@@ -3,9 +3,11 @@
 Precedence: the dataclass defaults, then the preset, then the flags given on the command line.
 """
 import argparse
-from dataclasses import dataclass, field, fields, replace
+import difflib
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Optional
 
+from fastgpt.api import check_path, check_setting
 from fastgpt.cli import (ATTENTION_CHOICES, ATTENTION_HELP, DEVICE_HELP, UserError, check_positive,
                          check_range, flag)
 from fastgpt.model import GPTConfig, InvalidConfig
@@ -58,6 +60,15 @@ class TrainConfig:
     log_interval: int = _opt(10, "steps between updates of the progress bar's loss, lr and tokens/s")
     sample_chars: int = _opt(200, "characters sampled and printed at the end (0: none)")
 
+    def evaluates_at(self, done: int) -> bool:
+        """A run evaluates after every eval_interval-th step and after its last (a new run at 0 too)."""
+        return done % self.eval_interval == 0 or done == self.max_iters
+
+    def evaluations_after(self, done: int) -> int:
+        """How many evaluations (evaluates_at) come after step `done`."""
+        last_apart = self.max_iters % self.eval_interval != 0 and done < self.max_iters
+        return self.max_iters // self.eval_interval - done // self.eval_interval + last_apart
+
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
@@ -90,6 +101,12 @@ def default_preset() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def _kind(f: Field) -> type:
+    """bool, int, float or str: what a field's flag parses its value to."""
+    name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+    return {"bool": bool, "int": int, "float": float}.get(name, str)
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -99,14 +116,41 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         meta = dict(f.metadata)
         help_text = meta.pop("help")
-        if f.type in (bool, "bool"):
+        kind = _kind(f)
+        if kind is bool:
             parser.add_argument(flag(f.name), action="store_true", default=argparse.SUPPRESS, help=help_text)
             continue
-        kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
         parser.add_argument(flag(f.name), type=kind, default=argparse.SUPPRESS,
                             help=f"{help_text} (default: {getattr(defaults, f.name)} or the preset's)",
                             **meta)
     return parser
+
+
+PATHS = ("data", "dataset", "out_dir")  # str or os.PathLike from Python
+
+
+def namespace_from_settings(settings: dict) -> argparse.Namespace:
+    """fastgpt.train's keywords (the flags with underscores, and preset) as the namespace that
+    build_parser's flags parse to, each checked as argparse checks its flag."""
+    config_fields = {f.name: f for f in fields(TrainConfig)}
+    args = argparse.Namespace(preset=None)
+    for name, value in settings.items():
+        if name == "preset":
+            check_setting(name, value, str, tuple(sorted(PRESETS)))
+        elif name not in config_fields:
+            close = difflib.get_close_matches(name, ["preset", *config_fields], n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UserError(f"unknown setting {name!r}; {hint}the settings are the flags of "
+                            f"`python -m fastgpt.train --help` with underscores, and preset")
+        elif name in PATHS:
+            if value is not None or name == "out_dir":  # data and dataset: None is the default
+                value = check_path(name, value)
+        else:
+            kind = _kind(config_fields[name])
+            check_setting(name, value, kind, config_fields[name].metadata.get("choices"))
+            value = kind(value)  # as argparse gives it: 0 for a float setting is 0.0
+        setattr(args, name, value)
+    return args
 
 
 def config_from_args(args: argparse.Namespace, base: Optional[TrainConfig] = None) -> TrainConfig:

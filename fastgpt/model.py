@@ -146,6 +146,9 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
         self.apply(self._init_weights)
+        # what fastgpt.train and fastgpt.load pair the model with, so that fastgpt.sample can take
+        # the model alone; not part of the state_dict (a checkpoint saves the tokenizer itself)
+        self.tokenizer = None
 
     @staticmethod
     def _init_weights(module):

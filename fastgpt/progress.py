@@ -1,8 +1,11 @@
-"""What a training run shows while it runs: a header of what runs, then a progress bar on a
-terminal or plain log lines elsewhere, and one line per evaluation."""
+"""What a training run shows while it runs: a header of what runs, then a progress bar (in a
+terminal, or a notebook's) or plain log lines elsewhere, and one line per evaluation, each with the
+time left."""
+import statistics
 import sys
 import time
-from typing import TYPE_CHECKING, Optional
+from collections import deque
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from tqdm import tqdm
@@ -10,10 +13,22 @@ from tqdm import tqdm
 from fastgpt.attention import explain
 from fastgpt.config import TrainConfig
 from fastgpt.distributed import Processes
+from fastgpt.notebook import in_notebook
 from fastgpt.precision import Precision
 
 if TYPE_CHECKING:
     from fastgpt.train import Run
+
+# The ETA's step time is the median of the last STEP_WINDOW steps: the first steps (warm-up) and a
+# step that waited on the OS or a log write do not drag it, and it follows a run that speeds up.
+STEP_WINDOW = 100
+# Until a run has measured an evaluation (one resumed between two), its cost is guessed from the
+# step time: 2 x eval_iters forward passes, each about a third of a training micro-batch (forward
+# + backward + optimizer step).
+FORWARD_PER_STEP = 1 / 3
+# tqdm's own bar without its remaining time, which counts evaluations as slow steps: the postfix
+# carries this module's ETA.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
 def duration(seconds: float) -> str:
@@ -22,38 +37,81 @@ def duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-class Progress:
-    """Where a run is. On a terminal a tqdm bar (loss, lr and tokens/s every log_interval steps);
-    elsewhere (a log file, CI, nohup) plain lines, one every log_interval steps and one per
-    evaluation, with no carriage-return redraws. Silent when not `enabled` (ranks other than 0)."""
+def progress_bar(start_iter: int, total: int) -> Optional[tqdm]:
+    """A notebook's bar in Jupyter or Colab, tqdm's bar on a terminal, None elsewhere (a log file,
+    CI, nohup: plain lines)."""
+    options = dict(total=total, initial=start_iter, desc="train", unit="it", bar_format=BAR_FORMAT)
+    if in_notebook():
+        try:
+            from tqdm.notebook import tqdm as notebook_tqdm
+            return notebook_tqdm(**options)
+        except ImportError:  # a notebook without ipywidgets: plain lines in the cell
+            return None
+    if sys.stderr.isatty():
+        return tqdm(**options, dynamic_ncols=True)
+    return None
 
-    def __init__(self, start_iter: int, total: int, enabled: bool):
-        self.enabled, self.start_iter, self.total = enabled, start_iter, total
-        self.started = time.perf_counter()
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            self.bar = tqdm(total=total, initial=start_iter, desc="train", unit="it",
-                            dynamic_ncols=True)
+
+class Progress:
+    """Where a run is and how long it has left. A bar (loss, lr, tokens/s and the ETA every
+    log_interval steps) or, without one, plain lines, one every log_interval steps and one per
+    evaluation, with no carriage-return redraws. Silent when not `enabled` (ranks other than 0).
+
+    The ETA is the steps left times the step time plus the evaluations left times the last
+    evaluation's cost, both measured on `clock` between the calls of `advance` (a step ended) and
+    `evaluation` (an evaluation ended)."""
+
+    def __init__(self, cfg: TrainConfig, start_iter: int, enabled: bool,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.cfg, self.start_iter, self.total, self.enabled = cfg, start_iter, cfg.max_iters, enabled
+        self.clock = clock
+        self.started = self.last = clock()
+        self.step_seconds: deque[float] = deque(maxlen=STEP_WINDOW)
+        self.evaluation_seconds: Optional[float] = None
+        self.evaluated: Optional[int] = None  # the step of the last evaluation
+        self.bar = progress_bar(start_iter, self.total) if enabled else None
+
+    def _lap(self) -> float:
+        """Seconds since the last step or evaluation ended."""
+        now = self.clock()
+        seconds, self.last = now - self.last, now
+        return seconds
+
+    def seconds_left(self, done: int) -> Optional[float]:
+        """The ETA after `done` steps (and the evaluation at `done`, if it has run); None until a
+        step has been timed."""
+        if not self.step_seconds:
+            return None
+        step = statistics.median(self.step_seconds)
+        evaluation = self.evaluation_seconds
+        if evaluation is None:
+            evaluation = step * 2 * self.cfg.eval_iters * FORWARD_PER_STEP / self.cfg.grad_accum
+        evaluations = (self.cfg.evaluations_after(done)
+                       + (self.cfg.evaluates_at(done) and self.evaluated != done))
+        return (self.total - done) * step + evaluations * evaluation
 
     def _times(self, done: int) -> str:
-        elapsed = time.perf_counter() - self.started
-        rate = (done - self.start_iter) / elapsed if done > self.start_iter else 0.0
-        eta = duration((self.total - done) / rate) if rate else "?"
-        return f"elapsed {duration(elapsed)}, ETA {eta}"
+        left = self.seconds_left(done)
+        return (f"elapsed {duration(self.clock() - self.started)}, "
+                f"ETA {'?' if left is None else duration(left)}")
 
     def step(self, done: int, loss: float, lr: float, tokens_per_s: float) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            left = self.seconds_left(done)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
+                                 ETA="?" if left is None else duration(left))
         elif self.enabled:
             print(f"step {done}/{self.total}: loss {loss:.4f}, lr {lr:.2e}, {tokens_per_s:,.0f} "
                   f"tokens/s, {self._times(done)}", flush=True)
 
     def advance(self) -> None:
+        self.step_seconds.append(self._lap())
         if self.bar is not None:
             self.bar.update()
 
     def evaluation(self, done: int, losses: dict[str, float], lr: float,
                    tokens_per_s: Optional[float], extra: Optional[str]) -> None:
+        self.evaluation_seconds, self.evaluated = self._lap(), done
         speed = "" if tokens_per_s is None else f", {tokens_per_s:,.0f} tokens/s"
         line = (f"eval {done}/{self.total}: train loss {losses['train']:.4f}, val loss "
                 f"{losses['val']:.4f}{'' if extra is None else ' (' + extra + ')'}, lr {lr:.2e}"
@@ -66,7 +124,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
 
 
 def header(cfg: TrainConfig, run: "Run", device: torch.device, precision: Precision,

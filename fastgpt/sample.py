@@ -10,13 +10,15 @@ own random generator seeded `--seed` + i, so sample i of a batch is the one-samp
 seed. An empty prompt starts from the first symbol of the vocabulary, as the lecture does.
 """
 import argparse
+import io
 import os
 import sys
 import time
+from typing import Optional, TextIO, Union
 
 import torch
 
-from fastgpt.checkpoint import load
+from fastgpt.api import check_setting, make_callable, model_and_tokenizer
 from fastgpt.cli import (ATTENTION_CHOICES, DEVICE_HELP, UserError, check_fits, check_positive,
                          check_range, pick_device, run_cli)
 from fastgpt.decode import DTYPES
@@ -86,57 +88,107 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
         raise UserError(f"the prompt has {e.args[0]}; use only characters of the training text") from None
 
 
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    check_positive("--max-new-tokens", args.max_new_tokens)
-    check_positive("--num-samples", args.num_samples)
-    check_range("--seed", args.seed, 0, 2**63 - args.num_samples, below=True)  # 64-bit seeds + i
-    device = pick_device(args.device)
-    model, tokenizer = load(args.checkpoint or args.out_dir, device, args.attention)
-    prompt = encode_prompt(tokenizer, args.prompt)
-    check_memory(model.config, len(prompt), args.num_samples, args.max_new_tokens, device)
-    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)  # (N, T)
-    start = time.perf_counter()
+def sample(model_or_out_dir, prompt: str = "", max_new_tokens: int = 500, *, num_samples: int = 1,
+           temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+           greedy: bool = False, seed: int = 1337, window: str = "exact", dtype: str = "float32",
+           device: Optional[str] = None, attention: Optional[str] = None,
+           stream: Optional[TextIO] = None) -> Union[str, list[str]]:
+    """fastgpt.sample(...): the text `python -m fastgpt.sample` prints, prompt included, its flags
+    as keywords. `model_or_out_dir`: a model from fastgpt.train or fastgpt.load (sampled where it
+    is, in eval mode), or an out_dir (its best.pt) or checkpoint file, loaded on `device` (auto)
+    with `attention` (the checkpoint's backend). With num_samples > 1, a list: sample i drawn with
+    seed + i. `stream`: a text file (sys.stdout) that the first sample is written to as it is
+    drawn, then the others, as the tool prints them. Bad settings raise fastgpt.UserError."""
+    prompt_text, drawn = draw_samples(
+        model_or_out_dir, prompt, max_new_tokens, num_samples=num_samples, temperature=temperature,
+        top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, window=window, dtype=dtype,
+        device=device, attention=attention, stream=stream)
+    texts = [prompt_text + text for text in drawn]
+    return texts[0] if num_samples == 1 else texts
+
+
+def draw_samples(model_or_out_dir, prompt: str, max_new_tokens: int, *, num_samples: int,
+                 temperature: float, top_k: Optional[int], top_p: Optional[float], greedy: bool,
+                 seed: int, window: str, dtype: str, device: Optional[str], attention: Optional[str],
+                 stream: Optional[TextIO]) -> tuple[str, list[str]]:
+    """What `sample` and the tool draw: (the prompt's text, each sample's drawn text)."""
+    for name, value, kind in (("prompt", prompt, str), ("max_new_tokens", max_new_tokens, int),
+                              ("num_samples", num_samples, int), ("temperature", temperature, float),
+                              ("greedy", greedy, bool), ("seed", seed, int)):
+        check_setting(name, value, kind)
+    for name, value, kind in (("top_k", top_k, int), ("top_p", top_p, float)):
+        if value is not None:
+            check_setting(name, value, kind)
+    check_setting("window", window, str, WINDOWS)
+    check_setting("dtype", dtype, str, ("float32",) + DTYPES)
+    check_positive("--max-new-tokens", max_new_tokens)
+    check_positive("--num-samples", num_samples)
+    check_range("--seed", seed, 0, 2**63 - num_samples, below=True)  # 64-bit seeds + i
+    model, tokenizer = model_and_tokenizer(model_or_out_dir, device, attention)
+    model.eval()  # no dropout (what fastgpt.train and fastgpt.load return is in eval mode already)
+    ids = encode_prompt(tokenizer, prompt)
+    where = model.lm_head.weight.device
+    check_memory(model.config, len(ids), num_samples, max_new_tokens, where)
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=where)  # (N, T)
     try:
-        tokens = model.generate_tokens(idx, args.max_new_tokens, args.temperature, args.top_k,
-                                       top_p=args.top_p, greedy=args.greedy, seed=args.seed,
-                                       window=args.window,
-                                       dtype=None if args.dtype == "float32" else args.dtype)
+        tokens = model.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p=top_p,
+                                       greedy=greedy, seed=seed, window=window,
+                                       dtype=None if dtype == "float32" else dtype)
     except ValueError as e:  # an option out of range, or int8 where the C++ step cannot run
         raise UserError(f"--{e}") from None
+    return write_samples(tokenizer, ids, tokens, stream)
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k not in ("out_dir", "checkpoint", "stream")}
+    start = time.perf_counter()
     try:
-        chars = write_samples(tokenizer, prompt, tokens if args.stream else list(tokens), sys.stdout)
+        # --no-stream: the same lines, written once the samples are drawn
+        out = sys.stdout if args.stream else io.StringIO()
+        _, drawn = draw_samples(args.checkpoint or args.out_dir, **options, stream=out)
+        if not args.stream:
+            sys.stdout.write(out.getvalue())
+            sys.stdout.flush()
     except BrokenPipeError:
         # The reader has gone (`| head`): stop quietly, as a Unix filter does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     if sys.stdout.isatty():  # on stderr: piped or redirected output stays the samples alone
         seconds = time.perf_counter() - start
+        chars = sum(map(len, drawn))
         print(f"{chars} characters in {seconds:.2f} s: {chars / seconds:.0f} chars/s "
-              f"({args.num_samples} samples, {args.dtype}, {device}, {torch.get_num_threads()} threads)",
-              file=sys.stderr)
+              f"({args.num_samples} samples, {args.dtype}, {pick_device(args.device)}, "
+              f"{torch.get_num_threads()} threads)", file=sys.stderr)
 
 
-def write_samples(tokenizer, prompt: list[int], tokens, out) -> int:
-    """Stream the first sample as its tokens (N,) arrive, then the others, after separators.
-    Returns the number of characters drawn, over all samples."""
-    out.write(tokenizer.decode(prompt))
-    out.flush()
+def write_samples(tokenizer, prompt: list[int], tokens, out: Optional[TextIO]) -> tuple[str, list[str]]:
+    """(the prompt's text, each sample's drawn text) from the samples' tokens (N,) as they arrive.
+    With `out`, the first sample is written to it as it is drawn (the prompt, then each character),
+    then the others, each after a separator line."""
+    def write(text: str) -> None:
+        if out is not None:
+            out.write(text)
+            out.flush()
+
+    prompt_text = tokenizer.decode(prompt)
+    write(prompt_text)
     drawn, pending = [], []  # pending: tokens that end inside a character (byte-level BPE)
     for token in tokens:
         drawn.append(token)
         pending.append(token[0].item())
         text = tokenizer.decode(pending)
         if not text.endswith(INCOMPLETE):
-            out.write(text)
-            out.flush()
+            write(text)
             pending = []
-    out.write(tokenizer.decode(pending) + "\n")
+    write(tokenizer.decode(pending) + "\n")
     samples = torch.stack(drawn, dim=1).tolist() if drawn else [[]]  # (N, max_new_tokens)
-    for others in samples[1:]:
-        out.write(f"{SEPARATOR}\n{tokenizer.decode(prompt + others)}\n")
-    out.flush()
-    return sum(len(tokenizer.decode(sample)) for sample in samples)
+    texts = [tokenizer.decode(sample) for sample in samples]
+    write("".join(f"{SEPARATOR}\n{prompt_text}{text}\n" for text in texts[1:]))
+    return prompt_text, texts
+
+
+make_callable(__name__, sample)
 
 if __name__ == "__main__":
     run_cli(main)

@@ -14,7 +14,11 @@ Beyond one process and one corpus: `--dataset DIR` trains on a memory-mapped dat
 `python -m fastgpt.prepare` (char or BPE); `torchrun --nproc_per_node=N -m fastgpt.train` trains
 data-parallel (fastgpt.distributed); `--dtype bfloat16|float16` runs under autocast
 (fastgpt.precision); `--compile` wraps the model in torch.compile.
+
+From Python, `fastgpt.train(**settings)` (train_from_settings) is the same run, the flags as
+keywords (docs/python.md).
 """
+import argparse
 import math
 import shlex
 import sys
@@ -29,14 +33,17 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fastgpt import checkpoint
+from fastgpt.api import make_callable
 from fastgpt.cli import UserError, check_fits, pick_device, run_cli
-from fastgpt.config import TrainConfig, build_parser, config_from_args, config_from_dict, validate
+from fastgpt.config import (TrainConfig, build_parser, config_from_args, config_from_dict,
+                            namespace_from_settings, validate)
 from fastgpt.data import RandomBatches, TextSource, encode_chars, split
 from fastgpt.dataset import MemmapDataset, bits_per_char
 from fastgpt.distributed import SINGLE, Processes, launched_processes, start, stop
 from fastgpt.files import DiskFull, check_out_dir
 from fastgpt.metrics import METRICS, PLOT, append_metrics, plot_losses, read_metrics, resumed_metrics
 from fastgpt.model import GPT, GPTConfig
+from fastgpt.notebook import in_notebook, show_images
 from fastgpt.precision import Precision
 from fastgpt.progress import Progress, header
 from fastgpt.run_dir import (RUN_FILES, check_fresh_out_dir, check_resume_matches, claim_run_dir,
@@ -276,11 +283,6 @@ def evaluate(model: nn.Module, batches: RandomBatches, cfg: TrainConfig, done: i
     return losses
 
 
-def evaluates_at(done: int, cfg: TrainConfig) -> bool:
-    """A run evaluates after every eval_interval-th step and after its last (a new run at 0 too)."""
-    return done % cfg.eval_interval == 0 or done == cfg.max_iters
-
-
 # ---------------------------------------------------------------------------------------------
 # What a run leaves in out_dir
 # ---------------------------------------------------------------------------------------------
@@ -399,13 +401,13 @@ def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: R
     precision = precision or Precision("float32", batches.device)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * procs.world_size
     eval_model = model.module if isinstance(model, DistributedDataParallel) else model
-    progress = Progress(start_iter, cfg.max_iters, procs.is_main)
+    progress = Progress(cfg, start_iter, procs.is_main)
     done, lr = start_iter, learning_rate(start_iter, cfg)
     step_time, steps_timed, log_time, log_steps = 0.0, 0, 0.0, 0
     model.train()
     while True:
         # a resumed run starts from a state that the run which saved it evaluated
-        if evaluates_at(done, cfg) and (done == 0 or done > start_iter):
+        if cfg.evaluates_at(done) and (done == 0 or done > start_iter):
             before_eval()
             if procs.is_main:
                 tokens_per_s = tokens_per_step * steps_timed / step_time if steps_timed else None
@@ -455,7 +457,7 @@ def save_stopped_run(writer: RunWriter, done: int, start_iter: int, cfg: TrainCo
     """last.pt of the step a signal stopped the run at, unless it holds that step already (the
     step the run resumed at, or one it evaluated). Every process calls it and waits for the save,
     so that they end together."""
-    if not (done == start_iter or evaluates_at(done, cfg)):
+    if not (done == start_iter or cfg.evaluates_at(done)):
         writer.gather()
         if procs.is_main:
             writer.save_last(done)
@@ -463,8 +465,9 @@ def save_stopped_run(writer: RunWriter, done: int, start_iter: int, cfg: TrainCo
 
 
 def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SINGLE) -> GPT:
-    """Train as `cfg` says (continuing `ckpt` if given); returns the trained model. Every process of
-    a data-parallel run calls this; only rank 0 prints and writes out_dir."""
+    """Train as `cfg` says (continuing `ckpt` if given); returns the trained model, carrying its
+    tokenizer. Every process of a data-parallel run calls this; only rank 0 prints and writes
+    out_dir, and in a notebook shows the loss curve at the end."""
     device = start(procs, pick_device(cfg.device))
     precision = Precision(cfg.dtype, device)
     run = set_up(cfg, ckpt, procs=procs, device=device)
@@ -485,23 +488,45 @@ def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SING
                                           f"resume with `{resume_command(cfg, procs)}`")
     if cfg.sample_chars and procs.is_main:
         print(sample_text(run.model, run.tokenizer, cfg.sample_chars, run.batches.device))
+    if procs.is_main and in_notebook():
+        show_images([writer.out_dir / PLOT])
+    run.model.tokenizer = run.tokenizer
     return run.model
+
+
+def train_from_args(args: argparse.Namespace, procs: Processes) -> GPT:
+    """The run that parsed flags or fastgpt.train's keywords describe: both entry points run this."""
+    cfg, ckpt = resolve_config(args)
+    try:
+        model = train(cfg, ckpt, procs)
+        procs.barrier()  # no rank tears its process group down while another still uses it
+    finally:
+        stop(procs)
+    return model
+
+
+def train_from_settings(**settings) -> GPT:
+    """fastgpt.train(**settings): a run with the settings of `python -m fastgpt.train` as keywords,
+    the flags with underscores (n_embd=64, preset="cpu"); returns the trained model in eval mode,
+    carrying its tokenizer (fastgpt.sample takes it as it is). In Jupyter or Colab the progress is a
+    notebook bar and the loss curve shows at the end. Bad settings raise fastgpt.UserError; a stop
+    signal (a notebook's interrupt) stops the run after its step, saves last.pt and raises
+    fastgpt.signals.Stopped (fastgpt.train(resume=True, out_dir=...) continues it)."""
+    return train_from_args(namespace_from_settings(settings), launched_processes()).eval()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg, ckpt = resolve_config(args)
     procs = launched_processes()
     try:
-        train(cfg, ckpt, procs)
-        procs.barrier()  # no rank tears its process group down while another still uses it
+        train_from_args(args, procs)
     except Stopped as e:
         if procs.is_main:
             print(e, file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
-    finally:
-        stop(procs)
 
+
+make_callable(__name__, train_from_settings)
 
 if __name__ == "__main__":
     run_cli(main)

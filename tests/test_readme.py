@@ -6,8 +6,11 @@ from pathlib import Path
 
 from bench import table
 from clitools import run_module
+from fastgpt.config import PRESETS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+TINY_PRESET = dict(n_embd=16, n_head=2, n_layer=1, block_size=16, batch_size=4, max_iters=4,
+                   eval_interval=2, eval_iters=2)
 
 
 def command_after(marker: str) -> list[str]:
@@ -31,6 +34,19 @@ def test_quick_start_trains_then_samples_offline(tmp_path):
     result = run_module(module, *args, "--max-new-tokens", "30", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(result.stdout.strip()) >= 20  # the prompt's first symbol and 30 characters
+
+
+def test_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python example, as written, in a fresh directory, with the presets made tiny
+    (it trains with the default preset) so that it takes seconds."""
+    block = re.search(r"<!-- python-example -->\n```python\n(.+?)\n```", README.read_text(), re.S)
+    assert block, "README.md has no python block after <!-- python-example -->"
+    for name in PRESETS:
+        monkeypatch.setitem(PRESETS, name, {**PRESETS[name], **TINY_PRESET})
+    monkeypatch.chdir(tmp_path)
+    exec(block.group(1), {})
+    assert (tmp_path / "out-python" / "best.pt").is_file()
+    assert sorted(p.name for p in (tmp_path / "attention").iterdir()) == [".fastgpt.lock", "layer0.png"]
 
 
 def test_performance_table_is_made_from_bench_results():
