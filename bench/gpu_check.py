@@ -136,7 +136,7 @@ def training(train_dir: Path, seconds: float | None, exit_status: int | None) ->
     except (UserError, OSError, IndexError):  # the run stopped before its first evaluation
         return result
     result.update(iters=config["max_iters"], val_loss=last["val_loss"], last_eval_iter=last["iter"],
-                  dtype=resolve_dtype(config["dtype"], pick_device(config["device"]).type))
+                  dtype=resolve_dtype(config["dtype"], pick_device(config["device"])))
     return result
 
 

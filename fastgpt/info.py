@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 import fastgpt
-from fastgpt.attention import backend_status, residual_dropout_status, resolve_backend
+from fastgpt.attention import backend_status, explain, residual_dropout_status
 from fastgpt.cli import run_cli
 from fastgpt.ops import cpu, cuda
 
@@ -19,7 +19,8 @@ HEAD_SIZE = 8  # the cpu preset's (n_embd 32 / n_head 4)
 
 
 def device_types() -> list[str]:
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + \
+        (["mps"] if torch.backends.mps.is_available() else [])
 
 
 def versions() -> str:
@@ -33,12 +34,11 @@ def report() -> str:
     lines = [versions(), f"CPU: {platform.machine()}, {torch.get_num_threads()} torch threads",
              f"C++ kernels: {cpu.build_summary()}"]
     for device_type in device_types():
-        name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"
+        name = {"cpu": "cpu", "mps": "Apple GPU"}.get(device_type) or torch.cuda.get_device_name()
         lines.append(f"\n{device_type} ({name}), float32, head size {HEAD_SIZE}:")
         for backend, reason in backend_status(device_type, torch.float32, HEAD_SIZE).items():
             lines.append(f"  {backend:<7} {'available' if reason is None else 'unavailable: ' + reason}")
-        probe = torch.empty(1, 1, 1, HEAD_SIZE, device=device_type)
-        lines.append(f"  auto -> {resolve_backend('auto', probe)}")
+        lines.append(f"  auto -> {explain('auto', device_type, torch.float32, HEAD_SIZE)}")
         reason = residual_dropout_status(device_type)
         lines.append(f"  residual dropout: {'fused' if reason is None else 'reference: ' + reason}")
     return "\n".join(lines)

@@ -1,7 +1,9 @@
 """Mixed precision: `--dtype float32|bfloat16|float16` runs the forward passes under torch.autocast
 (matrix products in the low precision, softmax, LayerNorm and the loss in float32) while the weights
 and the optimizer stay float32. float16 needs a GradScaler so that small gradients do not flush to
-zero; bfloat16 has float32's range and needs none. `auto` is bfloat16 on CUDA and float32 elsewhere."""
+zero; bfloat16 has float32's range and needs none. `auto` is bfloat16 on CUDA GPUs of compute
+capability 8.0 and above, float16 below (a T4 has no bfloat16: torch only emulates it), and float32
+elsewhere (the CPU, Apple's MPS)."""
 import warnings
 from contextlib import nullcontext
 
@@ -15,17 +17,24 @@ def cpu_has_native_bfloat16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def resolve_dtype(name: str, device_type: str) -> str:
-    """`auto` made concrete: bfloat16 on CUDA, where the tensor cores and the Triton kernels run it
-    fastest; float32 on the CPU, where bfloat16 is fast only on some processors (AVX512-BF16, AMX)."""
+# The first compute capability with bfloat16 tensor cores (Ampere); below it, float16 has them.
+BFLOAT16_CAPABILITY = (8, 0)
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """`auto` made concrete: on CUDA the low precision the tensor cores run, bfloat16 from sm_80 on,
+    float16 (with a GradScaler) below, where bfloat16 is emulated; float32 on the CPU, where
+    bfloat16 is fast only on some processors (AVX512-BF16, AMX), and on MPS."""
     if name != "auto":
         return name
-    return "bfloat16" if device_type == "cuda" else "float32"
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.get_device_capability(device) >= BFLOAT16_CAPABILITY else "float16"
 
 
 class Precision:
     def __init__(self, name: str, device: torch.device):
-        self.name = resolve_dtype(name, device.type)
+        self.name = resolve_dtype(name, device)
         self.dtype = DTYPES[self.name]
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)

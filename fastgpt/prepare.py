@@ -3,7 +3,7 @@
     python -m fastgpt.prepare --data PATH --tokenizer char|bpe [--vocab-size N] --out DIR
 
 The text is streamed in pieces of CHUNK_CHARS characters (read in text mode, so a multi-byte
-character is never cut; newlines kept as they are, like the in-memory path's `read_text`);
+character is never cut; newlines kept as they are, as `--data` reads them);
 memory stays bounded by the piece size, the character vocabulary and BPE's word counts, never by
 the file. Passes over the file: the character count, vocabulary and sha256 (fastgpt.data.scan); BPE
 training on the train split (bpe only); encoding both splits into train.bin / val.bin. The split
@@ -36,7 +36,7 @@ FILES = (*(f"{split}.bin" for split in SPLITS), META)
 def read_chunks(path: Path, chunk_chars: int) -> Iterator[str]:
     """The file's text in pieces of at most `chunk_chars` characters."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:  # newlines untouched, as read_text
+        with open(path, encoding="utf-8", newline="") as f:  # newlines untouched, as --data reads them
             while chunk := f.read(chunk_chars):
                 yield chunk
     except UnicodeDecodeError as e:

@@ -48,6 +48,8 @@ class Backend:
     attend_qkv: Callable[[Tensor, int, float, Optional[Tensor]], Tensor]
     # (seed, B, H, T, p) -> the bool keep-mask its kernels draw; None: it draws no such mask
     keep_mask: Optional[Callable[[int, int, int, int, float], Tensor]] = None
+    # Why `auto` passes it over on this device type although it can run, or None
+    slower: Callable[[str], Optional[str]] = lambda device_type: None
 
 
 def _always(device_type: str, dtype: torch.dtype, head_size: int) -> None:
@@ -99,13 +101,14 @@ def _sdpa_attend(q, k, v, dropout_p, seed):
 _BACKENDS: dict[str, Backend] = {
     "torch": Backend(_always, _torch_attend, _on_heads(_torch_attend), attention_keep_mask),
     "cpp": Backend(cpu.unsupported, _fused_attend, _fused_attend_qkv, cpu.keep_mask),
-    "triton": Backend(cuda.unsupported, _fused_attend, _fused_attend_qkv, cuda.keep_mask),
+    "triton": Backend(cuda.unsupported, _fused_attend, _fused_attend_qkv, cuda.keep_mask, cuda.slower_than_sdpa),
     "sdpa": Backend(_always, _sdpa_attend, _on_heads(_sdpa_attend)),
 }
 BACKENDS = tuple(_BACKENDS)
 
-# What `auto` tries, fastest first, by device type; `torch` ends every list.
-_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("triton",)}
+# What `auto` tries, fastest first, by device type; `torch` ends every list. SDPA comes after the
+# Triton kernels on CUDA (GPUs below sm_80, no Triton) and is what runs on Apple's MPS.
+_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("triton", "sdpa"), "mps": ("sdpa",)}
 
 _resolved: dict[tuple[str, str, torch.dtype, int], str] = {}
 
@@ -129,7 +132,7 @@ def explain(backend: str, device_type: str, dtype: torch.dtype, head_size: int) 
     chosen = resolve(backend, device_type, dtype, head_size)
     passed_over = []
     for name in _AUTO_ORDER.get(device_type, ()):
-        reason = _BACKENDS[name].unsupported(device_type, dtype, head_size)
+        reason = _passed_over(name, device_type, dtype, head_size)
         if name != chosen and reason is not None:
             passed_over.append(f"not {name}: {reason}")
     if chosen == "cpp":
@@ -137,10 +140,16 @@ def explain(backend: str, device_type: str, dtype: torch.dtype, head_size: int) 
     return chosen + (f" ({'; '.join(passed_over)})" if passed_over else "")
 
 
+def _passed_over(name: str, device_type: str, dtype: torch.dtype, head_size: int) -> Optional[str]:
+    """Why `auto` does not take backend `name` for such inputs, or None when it does."""
+    backend = _BACKENDS[name]
+    return backend.unsupported(device_type, dtype, head_size) or backend.slower(device_type)
+
+
 def _resolve(backend: str, device_type: str, dtype: torch.dtype, head_size: int) -> str:
     if backend == "auto":
         for name in _AUTO_ORDER.get(device_type, ()):
-            if _BACKENDS[name].unsupported(device_type, dtype, head_size) is None:
+            if _passed_over(name, device_type, dtype, head_size) is None:
                 return name
         return "torch"
     if backend not in _BACKENDS:

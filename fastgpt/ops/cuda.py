@@ -73,6 +73,21 @@ def unsupported(device_type: str, dtype: torch.dtype, head_size: int) -> Optiona
     return None
 
 
+# Triton lowers tl.dot to tensor-core instructions from sm_80 on; below, to FMA loops.
+TENSOR_CORE_CAPABILITY = (8, 0)
+
+
+def slower_than_sdpa(device_type: str) -> Optional[str]:
+    """Why `auto` prefers SDPA although the Triton kernels can run here, or None."""
+    if device_type != "cuda" or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) >= TENSOR_CORE_CAPABILITY:
+        return None
+    return (f"this GPU is sm_{major}{minor}, below sm_80 Triton's dots have no tensor-core path "
+            f"and SDPA is faster; --attention triton still runs")
+
+
 def keep_mask(seed: int, B: int, H: int, T: int, p: float) -> Tensor:
     """The bool (B, H, T, T) attention keep-mask the Triton kernels draw, made by a Triton kernel on
     CUDA (or on the CPU in Triton's interpreter)."""
