@@ -31,7 +31,7 @@ class TrainConfig:
     device: str = _opt("auto", DEVICE_HELP)
     attention: str = _opt("auto", ATTENTION_HELP, choices=ATTENTION_CHOICES)
     dtype: str = _opt("float32", "precision of the forward pass under autocast: float32, bfloat16, "
-                                 "float16 (with a GradScaler), or auto (bfloat16 on CUDA, else float32)",
+                                 "float16 (with a GradScaler), or auto (bfloat16 on CUDA from sm_80, float16 below, else float32)",
                       choices=("float32", "bfloat16", "float16", "auto"))
     compile: bool = _opt(False, "wrap the model in torch.compile")
     # model
