@@ -1,8 +1,16 @@
-"""Helpers for tests of the command-line entry points, run as a user runs them: a subprocess."""
+"""What the tests share besides fixtures (tests/conftest.py): small runs and texts, the tools run
+as a user runs them (a subprocess) or in-process, the one-line error checks, the skip marker of the
+C++ kernels."""
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from fastgpt import convert, info, prepare, sample, train
+from fastgpt.cli import run_cli
+from fastgpt.ops import cpu
 
 # Small text for runs that do not need the real corpus: 4,300 characters, 26 distinct.
 SMALL_TEXT = "To be, or not to be: that is the question.\n" * 100
@@ -13,6 +21,14 @@ TINY_RUN = ["--preset", "cpu", "--device", "cpu", "--attention", "torch", "--n-e
             "--eval-interval", "2", "--eval-iters", "2", "--sample-chars", "20"]
 
 
+# Tests of the C++ kernels themselves: skipped, with the reason, where the extension is not built.
+needs_cpp = pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
+
+FAST_RUN = [*TINY_RUN, "--max-iters", "2", "--sample-chars", "0"]
+TOOLS = {"train": train.main, "sample": sample.main, "prepare": prepare.main,
+         "convert": convert.main, "info": info.main}
+
+
 def run_module(module: str, *args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m module args` with one intra-op thread (fast on a shared machine)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
@@ -20,15 +36,29 @@ def run_module(module: str, *args, cwd: Path, env: dict | None = None) -> subpro
                           capture_output=True, text=True, timeout=300)
 
 
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+def run_tool(tool: str, *args, capsys) -> tuple[int, str]:
+    """(exit code, stderr) of `python -m fastgpt.<tool> args`, run in this process. An exception
+    other than the one-line UserError propagates, failing the test with its traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: TOOLS[tool]([str(a) for a in args]))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_refused(code_err: tuple[int, str], *fragments: str) -> str:
     """Exit code 2 and exactly one line on stderr, `error: ...`, holding every fragment."""
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    code, err = code_err
+    assert code == 2, (code, err)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """assert_refused of a tool run as a process."""
+    return assert_refused((result.returncode, result.stderr), *fragments)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:

@@ -1,6 +1,7 @@
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -22,6 +23,31 @@ if not torch.cuda.is_available():
 # The attention tests run in torch's deterministic mode, where cuBLAS refuses to multiply on CUDA
 # unless its workspace is fixed before the first CUDA call.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+from clitools import FAST_RUN, SMALL_TEXT  # noqa: E402  (tests/ is on sys.path from here on)
+from fastgpt import train  # noqa: E402
+
+
+class FinishedRun(NamedTuple):
+    out_dir: Path
+    text: Path  # the --data it trained on
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A small text file to train on."""
+    path = tmp_path / "input.txt"
+    path.write_text(SMALL_TEXT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> FinishedRun:
+    """A tiny run of two steps on SMALL_TEXT, trained once per test module."""
+    root = tmp_path_factory.mktemp("finished")
+    (root / "input.txt").write_text(SMALL_TEXT)
+    train.main([*FAST_RUN, "--data", str(root / "input.txt"), "--out-dir", str(root / "out")])
+    return FinishedRun(root / "out", root / "input.txt")
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 import build_flags
+from clitools import needs_cpp
 from fastgpt.ops import cpu
 
 VERSIONS = {
@@ -79,7 +80,7 @@ def test_clang_without_libomp_is_found_out_by_the_probe():
     assert error is None or error.startswith(("fatal error", "error")), error
 
 
-@pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
+@needs_cpp
 def test_info_says_how_the_kernels_were_built():
     summary = cpu.build_summary()
     assert summary.startswith(("OpenMP", "serial (built without OpenMP)")), summary

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from clitools import needs_cpp
 from fastgpt import ops
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.ops import cpu
@@ -20,8 +21,6 @@ from triton_cpu import INTERPRETED, ON_CUDA, triton_kernels_on_cpu
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not (ON_CUDA or INTERPRETED), reason="Triton needs a GPU or TRITON_INTERPRET=1")]
-needs_cpp = pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
-
 DEVICE = "cuda" if ON_CUDA else "cpu"
 SEED = torch.tensor(2**40 + 7)
 REACHED: set[str] = set()  # the ops the tests below ran on the Triton kernels

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from bench.lecture_gpt import GPTLanguageModel
+from clitools import needs_cpp
 from fastgpt.convert import gpt_from_lecture
 from fastgpt.decode import Decoder, cached_steps, unsupported
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.ops import cpu
-
-needs_extension = pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
 
 
 def model_of(dtype=torch.float64, n_embd=24, n_head=3, vocab_size=13, block_size=16, n_layer=2) -> GPT:
@@ -45,7 +44,7 @@ def full_logits(model, idx):
         return model(idx)[0][:, 1:]
 
 
-@needs_extension
+@needs_cpp
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("B", [1, 2, 5])  # odd batches: the kernels' row-pair tails
 @pytest.mark.parametrize("n_embd,n_head", [(24, 3), (32, 2), (64, 4)])  # head sizes 8, 16, 16
@@ -56,7 +55,7 @@ def test_step_gives_the_full_pass_logits(dtype, tol, B, n_embd, n_head):
     torch.testing.assert_close(step_logits(model, idx), full_logits(model, idx), rtol=tol, atol=tol)
 
 
-@needs_extension
+@needs_cpp
 @pytest.mark.parametrize("dtype", [None, "bfloat16", "int8"])
 def test_a_block_of_positions_in_one_call_is_the_steps_one_by_one(dtype):
     """A refill: L positions in one call give the last position's logits and the cache of L single
@@ -74,7 +73,7 @@ def test_a_block_of_positions_in_one_call_is_the_steps_one_by_one(dtype):
         assert torch.equal(a.keys[:, :, :11], b.keys[:, :, :11]) and torch.equal(a.values[:, :, :11], b.values[:, :, :11])
 
 
-@needs_extension
+@needs_cpp
 def test_positions_past_the_cache_are_refused():
     model = model_of(torch.float32)
     cache = model.kv_cache(1)
@@ -82,7 +81,7 @@ def test_positions_past_the_cache_are_refused():
         cached_steps(model, cache)(torch.zeros(1, 17, dtype=torch.long))
 
 
-@needs_extension
+@needs_cpp
 def test_the_step_runs_in_the_extension_and_writes_the_cache_in_place():
     model = model_of()
     cache = model.kv_cache(2)
@@ -96,7 +95,7 @@ def test_the_step_runs_in_the_extension_and_writes_the_cache_in_place():
     assert buffers == [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
 
 
-@needs_extension
+@needs_cpp
 def test_greedy_text_is_the_lecture_loops_in_float32():
     """The lecture's model and its loop (argmax in place of the draw) against GPT.generate, both
     float32, from the lecture's weights."""
@@ -120,7 +119,7 @@ def agreement(model, idx, dtype):
     return (narrow - exact).abs().max().item(), kl.mean().item()
 
 
-@needs_extension
+@needs_cpp
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_narrow_weights_stay_close_to_float32(dtype):
     model = model_of(torch.float32, 64, 4, vocab_size=65, block_size=32)
@@ -144,7 +143,7 @@ def test_without_the_extension_the_model_takes_the_steps(monkeypatch):
         float32.generate(idx, 3, dtype="int8")
 
 
-@needs_extension
+@needs_cpp
 @pytest.mark.parametrize("n_embd,n_head,dtype,reason", [
     (12, 3, torch.float32, "head size"),
     (24, 3, torch.bfloat16, "float32 or float64"),
@@ -153,12 +152,12 @@ def test_unsupported_models_say_why(n_embd, n_head, dtype, reason):
     assert reason in unsupported(model_of(dtype, n_embd, n_head))
 
 
-@needs_extension
+@needs_cpp
 def test_narrow_weights_need_a_float32_model():
     assert "float32 model" in unsupported(model_of(torch.float64), "bfloat16")
 
 
-@needs_extension
+@needs_cpp
 def test_narrow_weights_follow_changes_to_the_model():
     model = model_of(torch.float32)
     idx = torch.randint(0, 13, (2, 16))

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from clitools import needs_cpp
 import fastgpt.attention
 from fastgpt import ops
 from fastgpt.attention import dropout_add
@@ -14,7 +15,6 @@ from fastgpt.ops import cpu
 from fastgpt.ops.mask import dropout_threshold, residual_keep_mask as keep_mask
 from triton_cpu import INTERPRETED, ON_CUDA, triton_kernels_on_cpu
 
-needs_cpp = pytest.mark.skipif(cpu.missing is not None, reason="the C++ extension is not built")
 needs_triton = pytest.mark.skipif(not (ON_CUDA or INTERPRETED), reason="Triton needs a GPU or TRITON_INTERPRET=1")
 dropout_add_op = ops.dropout_add
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from clitools import SMALL_TEXT, TINY_RUN, snapshot
-from fastgpt import convert, info, prepare, sample, train
+from clitools import SMALL_TEXT, TINY_RUN, TOOLS, snapshot
+from fastgpt import sample, train
 from fastgpt.cli import run_cli
 
 NUMBERS = ["nan", "inf", "-inf", "0", "-1", "0.5", "3", "1e308", str(2**64), str(2**63 - 1),
@@ -45,23 +45,12 @@ FLAGS = {
     "convert": {"STATE": PATHS, "--vocab": PATHS, "--out": PATHS},
     "info": {"--bogus": None, "-h": None},
 }
-TOOLS = {"train": train.main, "sample": sample.main, "prepare": prepare.main,
-         "convert": convert.main, "info": info.main}
 # What each tool needs to get past its required arguments, before the fuzzed flags override it.
 BASE = {"train": [*TINY_RUN, "--data", "TEXT", "--out-dir", "NEW"],
         "sample": ["--out-dir", "RUN", "--device", "cpu", "--max-new-tokens", "5"],
         "prepare": ["--data", "TEXT", "--out", "NEW"],
         "convert": ["--vocab", "VOCAB", "--out", "NEW"],
         "info": []}
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzzrun")
-    (root / "input.txt").write_text(SMALL_TEXT)
-    train.main([*TINY_RUN, "--max-iters", "2", "--sample-chars", "0", "--data",
-                str(root / "input.txt"), "--out-dir", str(root / "out")])
-    return root / "out"
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +133,7 @@ def fuzz(tool: str, data, tmp_path, capsys, run: Path, lecture: Path) -> None:
 @given(data=st.data())
 def test_fuzz_train(data, tmp_path, capsys, monkeypatch, finished_run, lecture_state):
     capped(monkeypatch)
-    fuzz("train", data, tmp_path, capsys, finished_run, lecture_state)
+    fuzz("train", data, tmp_path, capsys, finished_run.out_dir, lecture_state)
 
 
 @pytest.mark.parametrize("tool", ["sample", "prepare", "convert", "info"])
@@ -152,4 +141,4 @@ def test_fuzz_train(data, tmp_path, capsys, monkeypatch, finished_run, lecture_s
 @given(data=st.data())
 def test_fuzz_other_tools(tool, data, tmp_path, capsys, monkeypatch, finished_run, lecture_state):
     capped(monkeypatch)
-    fuzz(tool, data, tmp_path, capsys, finished_run, lecture_state)
+    fuzz(tool, data, tmp_path, capsys, finished_run.out_dir, lecture_state)

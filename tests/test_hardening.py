@@ -16,47 +16,9 @@ import pytest
 import torch
 
 import fastgpt.data
-from clitools import SMALL_TEXT, TINY_RUN, snapshot
-from fastgpt import checkpoint, convert, info, prepare, sample, train
-from fastgpt.cli import run_cli
+from clitools import FAST_RUN, assert_refused, run_tool, snapshot
+from fastgpt import checkpoint, convert, info, prepare, train
 from fastgpt.files import LOCK, atomic_write, claim_out_dir
-
-FAST_RUN = [*TINY_RUN, "--max-iters", "2", "--sample-chars", "0"]
-TOOLS = {"train": train.main, "sample": sample.main, "prepare": prepare.main,
-         "convert": convert.main, "info": info.main}
-
-
-def run_tool(tool: str, *args, capsys) -> tuple[int, str]:
-    """(exit code, stderr) of `python -m fastgpt.<tool> args`, run in this process. An exception
-    other than the one-line UserError propagates, failing the test with its traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: TOOLS[tool]([str(a) for a in args]))
-    return exit_info.value.code, capsys.readouterr().err
-
-
-def assert_refused(code_err: tuple[int, str], *fragments: str) -> None:
-    code, err = code_err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
-@pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "input.txt"
-    path.write_text(SMALL_TEXT)
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finished")
-    (root / "input.txt").write_text(SMALL_TEXT)
-    train.main([*FAST_RUN, "--data", str(root / "input.txt"), "--out-dir", str(root / "out")])
-    return root / "out", root / "input.txt"
-
 
 # --- 1. A kill at any moment leaves a directory that the same command resumes or restarts ------
 

@@ -18,23 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from clitools import SMALL_TEXT, TINY_RUN
+from clitools import SMALL_TEXT, TINY_RUN, assert_refused, run_tool
 from fastgpt import checkpoint, metrics, prepare, train
 from fastgpt.cli import UserError
 from fastgpt.dataset import MemmapDataset
-from test_hardening import assert_refused, run_tool
 
 # Evaluations at 0, 20 and 40 only, a log line every step (the tests wait for one).
 RUN = [*TINY_RUN, "--sample-chars", "0", "--eval-interval", "20", "--log-interval", "1",
        "--max-iters", "40"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # bit-for-bit needs one thread count for every run
-
-
-@pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "input.txt"
-    path.write_text(SMALL_TEXT)
-    return path
 
 
 def command(data, out_dir, *flags) -> list[str]:
