@@ -16,7 +16,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from clitools import needs_cpp
 from fastgpt import ops
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.ops import cpu
 from triton_cpu import INTERPRETED, ON_CUDA, triton_kernels_on_cpu
 
 pytestmark = [pytest.mark.cuda,
