@@ -104,7 +104,7 @@ _COLUMN_TILES = _configs([(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64,
 def _keep(seed, bh, rows, col0, threshold, N_COLS: tl.constexpr):
     """Dropout keep-mask (len(rows), N_COLS) of head bh = b·H + h, columns col0 .. col0 + N_COLS - 1
     (col0 and N_COLS multiples of 8): Philox counter (column block, row, bh lo, bh hi), kept iff
-    the draw >= threshold (fastgpt.attention.reference.keep_mask)."""
+    the draw >= threshold (fastgpt.ops.mask.attention_keep_mask)."""
     zero = tl.zeros([rows.shape[0], N_COLS // 8], dtype=tl.uint32)
     blocks = (col0 // 8 + tl.arange(0, N_COLS // 8)).to(tl.uint32)
     draws = philox_draws(seed, zero + blocks[None, :], zero + rows.to(tl.uint32)[:, None],
