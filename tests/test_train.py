@@ -64,7 +64,8 @@ def test_presets_and_flags():
     assert config_from_args(parser.parse_args(["--preset", "cpu", "--grad-clip", "0"])).grad_clip == 0
 
 
-def test_gpu_preset_trains_in_bfloat16_autocast_on_cuda_only():
+def test_gpu_preset_trains_in_bfloat16_autocast_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # an H100
     cfg = config_from_args(build_parser("test").parse_args(["--preset", "gpu"]))
     assert Precision(cfg.dtype, torch.device("cuda")).dtype == torch.bfloat16
     assert Precision(cfg.dtype, torch.device("cpu")).dtype == torch.float32  # --device cpu
