@@ -9,7 +9,7 @@ A checkpoint is a dict of plain data and tensors:
 and, when written by training: optimizer, iter, best_val_loss, train_config, rng (the batch
 generator's and the processes' random states), data_sha256 (of the text or dataset source) and
 scaler (the GradScaler's state).
-Loading checks that every weight and optimizer moment is finite.
+Loading checks that every weight is finite (and, to resume, every optimizer moment).
 """
 import os
 import pickle
@@ -17,7 +17,7 @@ import re
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -93,26 +93,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if ckpt.get("version") != VERSION:
         raise UserError(f"{path} is a version {ckpt.get('version')} checkpoint; this fastgpt reads "
                         f"version {VERSION}")
-    check_finite(ckpt, path)
+    check_finite(model_tensors(ckpt), path)
     return ckpt
 
 
-def named_float_tensors(ckpt: dict) -> Iterator[tuple[str, torch.Tensor]]:
-    """The floating-point tensors a run is made of: the weights, then AdamW's moments."""
-    model, optimizer = ckpt.get("model"), ckpt.get("optimizer")
+def model_tensors(ckpt: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    model = ckpt.get("model")
     if isinstance(model, dict):
         yield from ((f"model tensor {name}", t) for name, t in model.items())
+
+
+def optimizer_tensors(ckpt: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    """AdamW's moments: what a resumed run trains with besides the weights."""
+    optimizer = ckpt.get("optimizer")
     if isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict):
         for index, state in optimizer["state"].items():
             if isinstance(state, dict):
                 yield from ((f"optimizer state {key} of parameter {index}", t) for key, t in state.items())
 
 
-def check_finite(ckpt: dict, path: Path) -> None:
+def check_finite(named_tensors: Iterable[tuple[str, torch.Tensor]], path: Path) -> None:
     """A UserError naming the first tensor with a NaN or an infinity: sampling from it would fail
     deep inside torch, and resuming from it would train on nothing. A tensor's sum is finite when
     all of it is (one pass, no copy); only a sum that is not (or overflows) is looked at closely."""
-    for name, tensor in named_float_tensors(ckpt):
+    for name, tensor in named_tensors:
         if (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
                 and not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all()):
             raise UserError(f"{path} holds NaN or infinite values ({name}): the run that wrote it "

@@ -49,6 +49,7 @@ def load_resume_checkpoint(out_dir: Path) -> dict:
         raise UserError(f"--resume needs {path}, which does not exist; start a new run without "
                         f"--resume or pass the --out-dir of the run to continue")
     ckpt = checkpoint.load_checkpoint(path)
+    checkpoint.check_finite(checkpoint.optimizer_tensors(ckpt), path)
     if "optimizer" not in ckpt:
         raise UserError(f"{path} holds weights but no training state, so it cannot be resumed; "
                         f"start a new run with another --out-dir")
