@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # train, sample and attention_maps are the tools' modules themselves, callable (fastgpt.api).
 _API = {"train": ("fastgpt.train", None), "sample": ("fastgpt.sample", None),
         "attention_maps": ("fastgpt.attention_maps", None), "load": ("fastgpt.api", "load"),
-        "UserError": ("fastgpt.cli", "UserError")}
+        "UserError": ("fastgpt.errors", "UserError")}
 __all__ = ["__version__", *_API]
 
 

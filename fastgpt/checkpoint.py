@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 
-from fastgpt.cli import UserError
+from fastgpt.errors import UserError
 from fastgpt.files import atomic_write
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizer import tokenizer_from_state_dict

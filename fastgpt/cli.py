@@ -1,7 +1,7 @@
 """What every command-line tool shares: the one-line error path, device choice, attention backend
 names and the checks of numeric flags.
 
-Errors a user can cause are `UserError`s, raised where the problem is found and reported by
+Errors a user can cause are `UserError`s (fastgpt.errors), raised where the problem is found and reported by
 `run_cli` as one line (`error: <problem>; <fix>`) with exit code 2; internal invariants stay
 asserts and tracebacks.
 """
@@ -13,16 +13,13 @@ from typing import Callable, NoReturn
 import torch
 
 from fastgpt.attention import BACKENDS
+from fastgpt.errors import UserError
 
 ATTENTION_CHOICES = ("auto", *BACKENDS)
 ATTENTION_HELP = ("attention backend: auto (the fastest available), torch (the PyTorch reference), "
                   "cpp (C++ kernels, CPU), triton (Triton kernels, CUDA), or sdpa (PyTorch's "
                   "scaled_dot_product_attention, a baseline)")
 DEVICE_HELP = "cpu, cuda, cuda:N, mps (an Apple GPU), or auto (cuda when available, else cpu)"
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line naming the problem and the fix."""
 
 
 def run_cli(main: Callable[[], None]) -> NoReturn:

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from fastgpt.cli import UserError
 from fastgpt.dataset import ids_dtype
+from fastgpt.errors import UserError
 from fastgpt.tokenizer import CharTokenizer
 
 CORPUS_FILE = "tinyshakespeare.txt.gz"  # package data beside this module

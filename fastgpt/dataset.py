@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastgpt.cli import UserError
+from fastgpt.errors import UserError
 from fastgpt.files import atomic_write
 from fastgpt.tokenizer import tokenizer_from_state_dict
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-from fastgpt.cli import UserError
+from fastgpt.errors import UserError
 
 LOCK = ".fastgpt.lock"
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgpt.cli import UserError
+from fastgpt.errors import UserError
 from fastgpt.decode import DTYPES, cached_steps
 
 WINDOWS = ("exact", "slide")

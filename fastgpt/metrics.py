@@ -7,7 +7,7 @@ A row is appended at each evaluation; a run resumed at an iteration keeps only t
 import json
 from pathlib import Path
 
-from fastgpt.cli import UserError
+from fastgpt.errors import UserError
 from fastgpt.files import DiskFull, atomic_write, is_disk_full
 
 METRICS, PLOT = "metrics.jsonl", "loss.png"

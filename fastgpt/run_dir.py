@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from fastgpt import checkpoint
-from fastgpt.cli import UserError, flag
+from fastgpt.cli import flag
 from fastgpt.config import TrainConfig
+from fastgpt.errors import UserError
 from fastgpt.files import check_not_users, claim_out_dir, is_fastgpt_dir
 from fastgpt.metrics import METRICS, PLOT, keep_resumed_metrics
 
