@@ -8,6 +8,7 @@ work on the C++ kernels (the same dropout masks). The last test fails if a regis
 was reached by none of them.
 """
 from contextlib import contextmanager, nullcontext
+from typing import Optional
 
 import pytest
 import torch
@@ -22,29 +23,25 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not (ON_CUDA or INTERPRETED), reason="Triton needs a GPU or TRITON_INTERPRET=1")]
 DEVICE = "cuda" if ON_CUDA else "cpu"
 SEED = torch.tensor(2**40 + 7)
-REACHED: set[str] = set()  # the ops the tests below ran on the Triton kernels
-RAN: set[str] = set()
-
-
 class _RecordOps(TorchDispatchMode):
+    """Adds the name of every fastgpt op that runs to `reached`."""
+
+    def __init__(self, reached: set[str]):
+        super().__init__()
+        self.reached = reached
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "fastgpt":
-            REACHED.add(func._schema.name)
+            self.reached.add(func._schema.name)
         return func(*args, **(kwargs or {}))
 
 
-@pytest.fixture
-def on_triton(request):
+@contextmanager
+def on_triton(reached: Optional[set[str]] = None):
     """A context in which the fastgpt ops run their Triton kernels (on CUDA, or on CPU tensors in
-    the interpreter) and each op that runs is recorded."""
-    RAN.add(request.node.originalname)
-
-    @contextmanager
-    def context():
-        with (nullcontext() if ON_CUDA else triton_kernels_on_cpu()), _RecordOps():
-            yield
-
-    return context
+    the interpreter), each op that runs added to `reached`."""
+    with (nullcontext() if ON_CUDA else triton_kernels_on_cpu()), _RecordOps(set() if reached is None else reached):
+        yield
 
 
 def rand(*shape, grad=False):
@@ -79,7 +76,7 @@ def op_overload(name: str):
 
 
 @pytest.mark.parametrize("op", ops.OPS)
-def test_opcheck(op, on_triton):
+def test_opcheck(op):
     """The op once as the dispatcher runs it (recorded), then torch.library.opcheck's checks of its
     schema, fake, autograd registration and tracing."""
     with on_triton():
@@ -106,7 +103,7 @@ def training_step(model: GPT, idx, targets, seed: int) -> tuple[float, list[torc
 
 
 @needs_cpp
-def test_training_step_with_dropout(on_triton):
+def test_training_step_with_dropout():
     """Forward, backward and optimizer step with dropout 0.2: the attention and residual dropout
     ops and their backward ops, against the same step on the C++ kernels with the same masks."""
     idx, targets = (torch.randint(65, (2, 16)) for _ in range(2))
@@ -119,7 +116,7 @@ def test_training_step_with_dropout(on_triton):
 
 
 @needs_cpp
-def test_generation_with_the_kv_cache(on_triton):
+def test_generation_with_the_kv_cache():
     """Greedy generation (the prompt through the forward op, then the cached steps) gives the
     tokens the C++ kernels give."""
     prompt = torch.randint(65, (2, 5))
@@ -130,11 +127,14 @@ def test_generation_with_the_kv_cache(on_triton):
 
 
 def test_every_registered_cuda_kernel_is_reached():
-    """Each op with a CUDA kernel in the dispatcher was run by the tests above on that kernel."""
-    wanted = {"test_opcheck", "test_training_step_with_dropout", "test_generation_with_the_kv_cache"}
-    if not wanted <= RAN:
-        pytest.skip(f"run the whole module: {sorted(wanted - RAN)} did not run")
+    """Each op with a CUDA kernel in the dispatcher runs that kernel: every forward op of the model,
+    called on its sample inputs, and its backward through autograd."""
     registered = {name for name in torch._C._dispatch_get_all_op_names()
                   if name.startswith("fastgpt::") and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")}
     assert registered == set(ops.OPS), registered ^ set(ops.OPS)
-    assert not registered - REACHED, f"CUDA kernels no test reached: {sorted(registered - REACHED)}"
+    reached: set[str] = set()
+    with on_triton(reached):
+        for op in sorted(name for name in registered if not name.endswith("_backward")):
+            output = getattr(torch.ops.fastgpt, op.split("::")[1])(*sample_inputs(op))
+            (output[0] if isinstance(output, (tuple, list)) else output).sum().backward()
+    assert not registered - reached, f"CUDA kernels not reached: {sorted(registered - reached)}"
