@@ -1,13 +1,20 @@
 """build_flags.py: the extension's flags follow the compiler in use. Compilers this machine lacks
 (Apple clang, MSVC) are faked by their `--version` text and a probe; GCC and, where installed,
 clang are probed for real."""
+import os
 import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
 import build_flags
 from clitools import needs_cpp
 from fastgpt.ops import cpu
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VERSIONS = {
     "gcc": "g++ (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022 Free Software Foundation, Inc.",
@@ -85,3 +92,24 @@ def test_info_says_how_the_kernels_were_built():
     summary = cpu.build_summary()
     assert summary.startswith(("OpenMP", "serial (built without OpenMP)")), summary
     assert f"{cpu.instruction_set()} in use" in summary and "built by" in summary
+
+
+def test_a_compiler_that_cannot_build_the_extension_still_installs(tmp_path):
+    """No usable compiler (none at all, or MSVC, which lacks the GCC vector extensions): the wheel
+    is built without fastgpt._C, with one warning, and the PyTorch reference runs."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "build_flags.py", "pyproject.toml", "README.md", "fastgpt", "kernels", "csrc"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name)
+    broken = tmp_path / "broken-c++"
+    broken.write_text("#!/bin/sh\necho 'this compiler builds nothing' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v",
+                             "-w", str(tmp_path / "dist"), str(source)], env={**os.environ, "CXX": str(broken)},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "warning: fastgpt: the C++ extension was not built" in result.stdout + result.stderr
+    (wheel,) = (tmp_path / "dist").glob("fastgpt_char-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fastgpt/data.py" in names and not any(name.startswith("fastgpt/_C") for name in names)
