@@ -87,6 +87,24 @@ def test_clang_without_libomp_is_found_out_by_the_probe():
     assert error is None or error.startswith(("fatal error", "error")), error
 
 
+@pytest.mark.parametrize("built, summary", [
+    ({"compiler": "GCC 12.2.0", "openmp": True, "copies": ["baseline", "avx2+fma", "avx512"]},
+     "OpenMP, avx2+fma in use of baseline, avx2+fma, avx512; built by GCC 12.2.0"),
+    ({"compiler": "clang 14.0.6 ", "openmp": False, "copies": ["baseline", "avx2+fma", "avx512"]},
+     "serial (built without OpenMP), avx2+fma in use of baseline, avx2+fma, avx512; built by clang 14.0.6"),
+    ({"compiler": "MSVC 194", "openmp": True, "copies": ["baseline"]},
+     "OpenMP, avx2+fma in use of baseline (the AVX2 and AVX-512 copies are compiled by GCC or clang on x86-64); built by MSVC 194"),
+])
+def test_info_names_the_build_and_the_copy(monkeypatch, built, summary):
+    class Extension:
+        build_info = staticmethod(lambda: built)
+        instruction_set = staticmethod(lambda: "avx2+fma")
+    monkeypatch.setattr(cpu, "extension", Extension)
+    monkeypatch.setattr(cpu, "missing", None)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    assert cpu.build_summary() == summary
+
+
 @needs_cpp
 def test_info_says_how_the_kernels_were_built():
     summary = cpu.build_summary()

@@ -165,3 +165,15 @@ def test_evaluation_batches_do_not_move_training_draws():
     a.batch("val", a.eval_generator())
     assert torch.equal(a.batch("train")[0], b.batch("train")[0])
     assert torch.equal(a.batch("val", a.eval_generator())[0], b.batch("val", b.eval_generator())[0])
+
+
+@pytest.mark.parametrize("seconds, shown", [(0.5, False), (3.0, True)])
+def test_a_slow_read_says_how_long_it_took_in_a_log(tmp_path, monkeypatch, capsys, seconds, shown):
+    """Not a terminal (a log file): no bar, one line when reading took over PROGRESS_AFTER."""
+    path = tmp_path / "text.txt"
+    path.write_text("abc\n" * 1000, encoding="utf-8")
+    clock = iter([100.0, 100.0 + seconds])
+    monkeypatch.setattr(data.time, "perf_counter", lambda: next(clock))
+    data.encode_chars(data.TextSource.file(path), show_progress=True)
+    out = capsys.readouterr().out
+    assert (f"read {path} (0 MB) in {seconds:.1f} s" in out) == shown, out
