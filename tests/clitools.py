@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fastgpt import convert, info, prepare, sample, train
+from fastgpt import checkpoint, convert, info, prepare, sample, train
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.tokenizer import CharTokenizer
 from fastgpt.cli import run_cli
 from fastgpt.ops import cpu
 
@@ -27,6 +29,16 @@ needs_cpp = pytest.mark.skipif(cpu.missing is not None, reason="the C++ extensio
 FAST_RUN = [*TINY_RUN, "--max-iters", "2", "--sample-chars", "0"]
 TOOLS = {"train": train.main, "sample": sample.main, "prepare": prepare.main,
          "convert": convert.main, "info": info.main}
+
+
+def random_run(out_dir: Path, text: str, dropout: float = 0.0) -> Path:
+    """`out_dir` holding best.pt of an untrained tiny GPT (2 layers, 2 heads) with `text`'s
+    characters as its vocabulary: what the sampling tools read, without training."""
+    tokenizer = CharTokenizer.from_text(text)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2,
+                       n_embd=16, dropout=dropout)
+    checkpoint.save(checkpoint.make(GPT(config), tokenizer), out_dir / checkpoint.BEST)
+    return out_dir
 
 
 def run_module(module: str, *args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -6,12 +6,10 @@ import sys
 import pytest
 import torch
 
-from clitools import assert_user_error, run_module, snapshot
-from fastgpt import checkpoint
+from clitools import assert_user_error, random_run, run_module, snapshot
 from fastgpt.attention_maps import attention_maps, attention_weights
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.ops.layout import merge_heads, split_heads
-from fastgpt.tokenizer import CharTokenizer
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -19,12 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def out_dir(tmp_path):
-    """An out_dir holding best.pt: a random tiny GPT (2 layers, 2 heads) and TEXT's tokenizer."""
-    tokenizer = CharTokenizer.from_text(TEXT)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2,
-                       n_embd=16, dropout=0.2)
-    checkpoint.save(checkpoint.make(GPT(config), tokenizer), tmp_path / "out" / checkpoint.BEST)
-    return tmp_path / "out"
+    return random_run(tmp_path / "out", TEXT, dropout=0.2)
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])

@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
+from clitools import random_run
 from fastgpt import checkpoint
 from fastgpt.cli import run_cli
-from fastgpt.model import GPT, GPTConfig
 from fastgpt.sample import SEPARATOR, main, write_samples
 from fastgpt.tokenizer import CharTokenizer
 
@@ -17,12 +17,7 @@ TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
 
 @pytest.fixture
 def out_dir(tmp_path):
-    """An out_dir holding best.pt: a random tiny GPT and the character tokenizer of TEXT."""
-    tokenizer = CharTokenizer.from_text(TEXT)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2,
-                       n_embd=16, dropout=0.0)
-    checkpoint.save(checkpoint.make(GPT(config), tokenizer), tmp_path / "out" / checkpoint.BEST)
-    return tmp_path / "out"
+    return random_run(tmp_path / "out", TEXT)
 
 
 def sample(capsys, *argv) -> str:
