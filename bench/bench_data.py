@@ -1,5 +1,5 @@
 """Reading a text for training, in MB/s of UTF-8: what `python -m fastgpt.train --data` does
-(`fastgpt.data.encode_chars`: two streaming passes, ids in memory) beside `python -m fastgpt.prepare
+(`fastgpt.data.text.encode_chars`: two streaming passes, ids in memory) beside `python -m fastgpt.prepare
 --tokenizer char` (ids into train.bin / val.bin), on tiny Shakespeare repeated to 64 MB, and the
 check of a loaded checkpoint's tensors against the load itself (a `gpu`-size model with AdamW state).
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from fastgpt import checkpoint
-from fastgpt.config import PRESETS
-from fastgpt.data import TextSource, encode_chars, shakespeare_bytes
+from fastgpt.training.config import PRESETS
+from fastgpt.data.text import TextSource, encode_chars, shakespeare_bytes
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.prepare import prepare
-from fastgpt.tokenizer import CharTokenizer
+from fastgpt.data.tokenizer import CharTokenizer
 
 TEXT_MB = 64
 

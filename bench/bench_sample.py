@@ -11,7 +11,7 @@ the per-character steps. `extra_info` holds the characters per second over all s
 (samples × chars / median time) and, at one sample, the bytes of weights read per second
 (weight bytes × chars per second), to set against the machine's memory bandwidth. 255 characters
 fill the block exactly: every one of them is a cached step. The baseline is the lecture's
-`generate` (bench/lecture_gpt.py), which runs the whole context through the model for every
+`generate` (tests/lecture_gpt.py), which runs the whole context through the model for every
 character; with several samples it is timed over the first 64 characters, against the cache over
 the same 64. The `cpu` preset's model draws the default 500 characters of `python -m fastgpt.sample`,
 past its block, against the lecture's loop. bench/conftest.py sets torch's thread count: 2, or $FASTGPT_BENCH_THREADS.
@@ -20,7 +20,7 @@ Benchmark ids end with the provider (float32, bfloat16, int8, lecture), as bench
 import pytest
 import torch
 
-from bench.lecture_gpt import GPTLanguageModel
+from tests.lecture_gpt import GPTLanguageModel
 from fastgpt.decode import Decoder
 from fastgpt.model import GPT, GPTConfig
 

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from fastgpt.attention import causal_attention
-from fastgpt.config import PRESETS, TrainConfig
-from fastgpt.data import RandomBatches, split
+from fastgpt.training.config import PRESETS, TrainConfig
+from fastgpt.data.batches import RandomBatches, split
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.ops import cpu
-from fastgpt.train import make_optimizer, train_step
+from fastgpt.train import train_step
+from fastgpt.training.run import make_optimizer
 
 THREADS = sorted({1, 2, os.cpu_count() or 1})
 ISAS = ["best", "avx2+fma"]

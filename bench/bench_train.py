@@ -1,5 +1,5 @@
 """One training step at the `cpu` preset (batch 32, block 128, n_embd 32, 4 heads, 4 layers,
-dropout 0.2): fastgpt's GPT against the lecture's model (bench/lecture_gpt.py), each with the same
+dropout 0.2): fastgpt's GPT against the lecture's model (tests/lecture_gpt.py), each with the same
 batches, AdamW and gradient clipping (`fastgpt.train.train_step`), so only the model differs.
 
     pytest bench/bench_train.py                      # 2 CPU threads (bench/conftest.py)
@@ -11,12 +11,13 @@ it, and machine_info the thread count.
 import pytest
 import torch
 
-from bench.lecture_gpt import GPTLanguageModel
+from tests.lecture_gpt import GPTLanguageModel
 from fastgpt.attention import resolve_backend
-from fastgpt.config import PRESETS, TrainConfig
-from fastgpt.data import RandomBatches, split
+from fastgpt.training.config import PRESETS, TrainConfig
+from fastgpt.data.batches import RandomBatches, split
 from fastgpt.model import GPT
-from fastgpt.train import make_optimizer, train_step
+from fastgpt.train import train_step
+from fastgpt.training.run import make_optimizer
 
 CPU = torch.device("cpu")
 MODELS = ["fastgpt-torch", "fastgpt-sdpa", "fastgpt-cpp", "fastgpt-auto", "lecture"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fastgpt.data import shakespeare_bytes
+from fastgpt.data.text import shakespeare_bytes
 
 ONE_STEP = ["--preset", "cpu", "--max-iters", "1", "--eval-iters", "1", "--sample-chars", "0"]
 

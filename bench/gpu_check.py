@@ -29,9 +29,10 @@ import triton.testing
 from bench.bench_attention_gpu import FLOP_FACTOR, timed_call
 from fastgpt import checkpoint
 from fastgpt.attention import resolve_backend
-from fastgpt.cli import UserError, pick_device
-from fastgpt.precision import resolve_dtype
-from fastgpt.train import METRICS, read_metrics
+from fastgpt.cli import pick_device
+from fastgpt.errors import UserError
+from fastgpt.training.precision import resolve_dtype
+from fastgpt.training.metrics import METRICS, read_metrics
 
 TIMED = "forward+backward"
 # (B, H, T, D), dtype, dropout p: the seed's shape, the lecture's, and two long sequences.

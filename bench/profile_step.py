@@ -10,9 +10,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.bench_train import make_model
-from fastgpt.config import PRESETS, TrainConfig
-from fastgpt.data import RandomBatches, split
-from fastgpt.train import make_optimizer, train_step
+from fastgpt.training.config import PRESETS, TrainConfig
+from fastgpt.data.batches import RandomBatches, split
+from fastgpt.train import train_step
+from fastgpt.training.run import make_optimizer
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def throughput(args) -> None:
 
 
 def bpc(args) -> None:
-    from fastgpt.data import shakespeare
+    from fastgpt.data.text import shakespeare
     from fastgpt.prepare import prepare
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(args.data) if args.data else Path(tmp) / "tinyshakespeare.txt"

@@ -1,6 +1,6 @@
-"""Train the lecture's model (bench/lecture_gpt.py) exactly as `python -m fastgpt.train` trains
+"""Train the lecture's model (tests/lecture_gpt.py) exactly as `python -m fastgpt.train` trains
 fastgpt's: the same flags and presets, data split, batches, seed, AdamW, schedule, clipping and
-loop (`fastgpt.train.set_up` and `training_loop`), so that only the model differs. Prints each
+loop (`fastgpt.training.run.set_up`, `fastgpt.train.training_loop`), so that only the model differs. Prints each
 evaluation as a JSON line; the last one holds the final val loss and the training tokens/s.
 
     python -m bench.train_lecture_baseline --preset cpu --max-iters 2000   # from the repository root
@@ -8,11 +8,12 @@ evaluation as a JSON line; the last one holds the final val loss and the trainin
 """
 import json
 
-from bench.lecture_gpt import GPTLanguageModel
+from tests.lecture_gpt import GPTLanguageModel
 from fastgpt.cli import run_cli
-from fastgpt.config import build_parser, config_from_args, validate
+from fastgpt.training.config import build_parser, config_from_args, validate
 from fastgpt.model import GPTConfig
-from fastgpt.train import set_up, training_loop
+from fastgpt.train import training_loop
+from fastgpt.training.run import set_up
 
 
 def lecture_model(config: GPTConfig) -> GPTLanguageModel:
@@ -30,7 +31,7 @@ def main() -> None:
                           "val_loss": losses["val"], "lr": lr, "tokens_per_s": tokens_per_s}),
               flush=True)
 
-    training_loop(run.model, run.optimizer, run.batches, cfg, 0, report)
+    training_loop(run.model, run, cfg, report)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from fastgpt.cli import UserError, run_cli
+from fastgpt.cli import run_cli
+from fastgpt.errors import UserError
 
 # command -> its module (`fastgpt.attention` is the attention dispatch point, not a tool)
 TOOLS = {"train": "train", "sample": "sample", "prepare": "prepare", "convert": "convert",

@@ -14,7 +14,8 @@ import types
 from typing import Callable, Optional
 
 from fastgpt import checkpoint
-from fastgpt.cli import ATTENTION_CHOICES, UserError, flag, pick_device
+from fastgpt.cli import ATTENTION_CHOICES, flag, pick_device
+from fastgpt.errors import UserError
 from fastgpt.model import GPT
 
 

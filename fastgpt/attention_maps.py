@@ -25,7 +25,8 @@ from torch import Tensor
 
 from fastgpt.api import check_path, check_setting, make_callable, model_and_tokenizer
 from fastgpt.attention.reference import reference_weights
-from fastgpt.cli import DEVICE_HELP, UserError, check_range, run_cli
+from fastgpt.cli import DEVICE_HELP, check_range, run_cli
+from fastgpt.errors import UserError
 from fastgpt.files import atomic_write, claim_out_dir
 from fastgpt.model import GPT
 from fastgpt.notebook import in_notebook, show_images

@@ -24,7 +24,7 @@ import torch
 from fastgpt.errors import UserError
 from fastgpt.files import atomic_write
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.tokenizer import tokenizer_from_state_dict
+from fastgpt.data.tokenizer import tokenizer_from_state_dict
 
 FORMAT = "fastgpt-checkpoint"
 VERSION = 1

@@ -17,11 +17,12 @@ import torch
 from torch import Tensor
 
 from fastgpt import checkpoint
-from fastgpt.data import TextSource, scan
-from fastgpt.cli import UserError, run_cli
+from fastgpt.data.text import TextSource, scan
+from fastgpt.cli import run_cli
+from fastgpt.errors import UserError
 from fastgpt.files import check_out_dir, claim_out_dir
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.tokenizer import CharTokenizer
+from fastgpt.data.tokenizer import CharTokenizer
 
 LECTURE_DROPOUT = 0.2  # not stored in a state_dict; the lecture's value
 

@@ -1,11 +1,11 @@
-"""Tokenize a text file of any size into a memory-mapped dataset (see fastgpt.dataset):
+"""Tokenize a text file of any size into a memory-mapped dataset (see fastgpt.data.dataset):
 
     python -m fastgpt.prepare --data PATH --tokenizer char|bpe [--vocab-size N] --out DIR
 
 The text is streamed in pieces of CHUNK_CHARS characters (read in text mode, so a multi-byte
 character is never cut; newlines kept as they are, as `--data` reads them);
 memory stays bounded by the piece size, the character vocabulary and BPE's word counts, never by
-the file. Passes over the file: the character count, vocabulary and sha256 (fastgpt.data.scan); BPE
+the file. Passes over the file: the character count, vocabulary and sha256 (fastgpt.data.text.scan); BPE
 training on the train split (bpe only); encoding both splits into train.bin / val.bin. The split
 is by characters, the first 90 % train, as in the in-memory path.
 """
@@ -15,11 +15,14 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from fastgpt.data import TRAIN_FRACTION, TextSource, scan
-from fastgpt.dataset import META, SPLITS, ids_dtype, split_path, write_meta
-from fastgpt.cli import UserError, run_cli
+from fastgpt.data.batches import TRAIN_FRACTION
+
+from fastgpt.data.text import TextSource, scan
+from fastgpt.data.dataset import META, SPLITS, ids_dtype, split_path, write_meta
+from fastgpt.cli import run_cli
+from fastgpt.errors import UserError
 from fastgpt.files import atomic_write, check_not_users, check_out_dir, claim_out_dir
-from fastgpt.tokenizer import BPETokenizer, CharTokenizer
+from fastgpt.data.tokenizer import BPETokenizer, CharTokenizer
 
 # Small pieces keep memory flat: HF tokenizers' per-call buffers grow with the piece (a 1M-character
 # piece costs hundreds of MB in encode and train), and 64K characters is as fast.
@@ -28,7 +31,7 @@ DEFAULT_BPE_VOCAB = 512
 # A BPE piece with no word boundary grows to this many chunks before it is cut regardless.
 MAX_PIECE_CHUNKS = 64
 MAX_VOCAB = 2**32  # ids are stored as uint32 at most
-# What prepare writes into --out; meta.json last (fastgpt.dataset.write_meta): a directory without
+# What prepare writes into --out; meta.json last (fastgpt.data.dataset.write_meta): a directory without
 # it is an unfinished dataset, which a rerun of the command replaces.
 FILES = (*(f"{split}.bin" for split in SPLITS), META)
 

@@ -19,8 +19,9 @@ from typing import Optional, TextIO, Union
 import torch
 
 from fastgpt.api import check_setting, make_callable, model_and_tokenizer
-from fastgpt.cli import (ATTENTION_CHOICES, DEVICE_HELP, UserError, check_fits, check_positive,
-                         check_range, pick_device, run_cli)
+from fastgpt.cli import (ATTENTION_CHOICES, DEVICE_HELP, check_fits, check_positive, check_range,
+                         pick_device, run_cli)
+from fastgpt.errors import UserError
 from fastgpt.decode import DTYPES
 from fastgpt.generate import WINDOWS
 

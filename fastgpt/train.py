@@ -1,32 +1,29 @@
-"""Train the character-level GPT: `python -m fastgpt.train [--preset cpu|gpu|nanogpt-cpu] [--flags]`.
+"""Train the character-level GPT: `python -m fastgpt.train [--preset cpu|gpu|nanogpt-cpu|quick] [--flags]`.
 
 The lecture's loop, organised as nanoGPT's: random batches, AdamW, a constant or warm-up + cosine
 learning rate, gradient clipping, and every `eval_interval` steps an evaluation that appends to
 out_dir/metrics.jsonl, redraws out_dir/loss.png and writes the checkpoints last.pt and best.pt
 (lowest val loss). `--resume` continues from last.pt exactly where that run was. SIGTERM or SIGINT
-stops a run after its current step, with a last.pt of that step (fastgpt.signals).
+stops a run after its current step, with a last.pt of that step. `--target-val-loss` stops a run
+at the first evaluation that reaches it.
 
-This file holds what runs, in the order it runs: the set-up, the learning-rate schedule, the step,
-the evaluation and the loop. The out_dir's life is fastgpt.run_dir's, the metrics and plot
-fastgpt.metrics', what the run prints fastgpt.progress'.
+This file is the loop, in the order it runs: the learning rate, the step, the evaluation, the
+loop, the command. What a run is made of lives in fastgpt/training/: its set-up and restoring
+(run.py), what it writes and when (writer.py), what it prints (progress.py), the flags (config.py).
 
 Beyond one process and one corpus: `--dataset DIR` trains on a memory-mapped dataset written by
 `python -m fastgpt.prepare` (char or BPE); `torchrun --nproc_per_node=N -m fastgpt.train` trains
-data-parallel (fastgpt.distributed); `--dtype bfloat16|float16` runs under autocast
-(fastgpt.precision); `--compile` wraps the model in torch.compile.
-
-From Python, `fastgpt.train(**settings)` (train_from_settings) is the same run, the flags as
-keywords (docs/python.md).
+data-parallel; `--dtype bfloat16|float16` runs under autocast; `--compile` wraps the model in
+torch.compile. From Python, `fastgpt.train(**settings)` is the same run, the flags as keywords
+(docs/python.md).
 """
 import argparse
 import math
-import shlex
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -34,179 +31,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fastgpt import checkpoint
 from fastgpt.api import make_callable
-from fastgpt.cli import UserError, check_fits, pick_device, run_cli
-from fastgpt.config import (TrainConfig, build_parser, config_from_args, config_from_dict,
-                            namespace_from_settings, validate)
-from fastgpt.data import RandomBatches, TextSource, encode_chars, split
-from fastgpt.dataset import MemmapDataset, bits_per_char
-from fastgpt.distributed import SINGLE, Processes, launched_processes, start, stop
-from fastgpt.files import DiskFull, check_out_dir
-from fastgpt.metrics import METRICS, PLOT, append_metrics, plot_losses, read_metrics, resumed_metrics
-from fastgpt.model import GPT, GPTConfig
+from fastgpt.cli import pick_device, run_cli
+from fastgpt.data.batches import RandomBatches
+from fastgpt.data.tokenizer import CharTokenizer
+from fastgpt.errors import UserError
+from fastgpt.model import GPT
 from fastgpt.notebook import in_notebook, show_images
-from fastgpt.precision import Precision
-from fastgpt.progress import Progress, header
-from fastgpt.run_dir import (RUN_FILES, check_fresh_out_dir, check_resume_matches, claim_run_dir,
-                             load_resume_checkpoint)  # RUN_FILES, METRICS: still train's names too
-from fastgpt.signals import StopSignals, Stopped
-from fastgpt.tokenizer import CharTokenizer
-
-
-# ---------------------------------------------------------------------------------------------
-# Set-up: config, data, model, optimizer, restored state
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_config(args) -> tuple[TrainConfig, Optional[dict]]:
-    """The run's config and, with --resume, the checkpoint it continues."""
-    cfg = config_from_args(args)
-    out_dir = Path(cfg.out_dir)
-    check_out_dir(out_dir, "--out-dir")
-    ckpt = None
-    if cfg.resume:
-        ckpt = load_resume_checkpoint(out_dir)
-        cfg = config_from_args(args, base=config_from_dict(ckpt["train_config"]))
-    validate(cfg)
-    if ckpt is None:
-        check_fresh_out_dir(out_dir)
-    else:
-        check_resume_matches(cfg, ckpt, out_dir / checkpoint.LAST)
-        resumed_metrics(out_dir / METRICS, ckpt["iter"])
-    return cfg, ckpt
-
-
-def text_splits(cfg: TrainConfig, ckpt: Optional[dict], show_progress: bool = True):
-    """(splits, tokenizer, data hash, chars per token) of the text file, encoded in memory."""
-    source = TextSource.file(cfg.data) if cfg.data is not None else TextSource.packaged()
-    if ckpt is None:
-        ids, tokenizer, data_hash = encode_chars(source, show_progress=show_progress)
-    else:
-        ids, tokenizer, data_hash = encode_chars(source, checkpoint.tokenizer_from_checkpoint(ckpt),
-                                                 ckpt.get("data_sha256"), show_progress)
-    return split(ids, cfg.block_size), tokenizer, data_hash, 1.0
-
-
-def dataset_splits(cfg: TrainConfig, ckpt: Optional[dict]):
-    """(splits, tokenizer, data hash, chars per token) of a prepared dataset, memory-mapped."""
-    dataset = MemmapDataset(cfg.dataset)
-    dataset.check_block_size(cfg.block_size)
-    if ckpt is not None and ckpt["tokenizer"] != dataset.tokenizer.state_dict():
-        raise UserError(f"{cfg.dataset} was tokenized with another tokenizer than the checkpoint "
-                        f"({dataset.tokenizer.kind}, {dataset.tokenizer.vocab_size} tokens, against "
-                        f"{ckpt['tokenizer']['kind']}); resume with the dataset the run started with")
-    data_hash = dataset.meta["source"]["sha256"]
-    if ckpt is not None and ckpt.get("data_sha256") not in (None, data_hash):
-        raise UserError(f"{cfg.dataset} was prepared from another text than the checkpoint was "
-                        f"trained on; resume with the dataset the run started with")
-    return dataset.splits, dataset.tokenizer, data_hash, dataset.chars_per_token("val")
-
-
-def check_memory(cfg: TrainConfig, vocab_size: int, device: torch.device) -> None:
-    """Refuse sizes that cannot fit before trying to allocate them. A lower bound of what training
-    holds: the weights, their gradients and AdamW's two moments (float32), the logits and their
-    gradient, and ten activations of width n_embd per layer and position."""
-    V, T, C, L, B = vocab_size, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.batch_size
-    params = 2 * V * C + T * C + 12 * L * C * C
-    needed = 16 * params + 4 * B * T * (2 * V + 10 * L * C)
-    check_fits(f"training {params / 1e6:,.1f}M parameters on batches of {B} x {T} tokens", needed,
-               device, "pass a smaller --n-embd, --n-layer, --block-size or --batch-size")
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW as nanoGPT sets it up: weight decay on the matrices (Linear and Embedding weights) only;
-    the fused kernel where this torch has one for the device, else the multi-tensor (foreach) one."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    kernel = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **kernel)
-
-
-# ---------------------------------------------------------------------------------------------
-# Random state: everything a resumed run needs to draw the same numbers
-# ---------------------------------------------------------------------------------------------
-
-
-def rng_state(batches: RandomBatches, rank_states: Optional[list[dict]] = None) -> dict:
-    """With `rank_states` (a data-parallel run): each process's own generators, by rank (dropout
-    draws differ between processes; the batch stream is one and the same in all)."""
-    state = {"torch": torch.get_rng_state(),
-             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-             "batches": batches.state_dict()}
-    if rank_states:
-        state["ranks"] = rank_states
-    return state
-
-
-def process_rng_state() -> dict:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}
-
-
-def set_rng_state(state: dict, batches: RandomBatches, procs: Processes = SINGLE) -> None:
-    if procs.distributed:
-        if len(state.get("ranks", ())) == procs.world_size:  # another count draws new dropout masks
-            own = state["ranks"][procs.rank]
-            torch.set_rng_state(own["torch"])
-            if own["cuda"] is not None and torch.cuda.is_initialized():
-                torch.cuda.set_rng_state(own["cuda"])
-    else:
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
-    batches.load_state_dict(state["batches"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Set-up: the run, fresh or restored
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """What a training run works with, fresh or restored from a checkpoint."""
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    batches: RandomBatches
-    tokenizer: CharTokenizer
-    data_sha256: str
-    start_iter: int = 0
-    best_val_loss: float = math.inf
-    chars_per_token: float = 1.0  # of the val split, for bits per character
-
-
-def set_up(cfg: TrainConfig, ckpt: Optional[dict], make_model: Callable[[GPTConfig], nn.Module] = GPT,
-           procs: Processes = SINGLE, device: Optional[torch.device] = None) -> Run:
-    """The run `cfg` describes, continuing `ckpt` if given. `make_model` lets a benchmark train
-    another model the same way. Every process of a data-parallel run builds the same model."""
-    device = device or pick_device(cfg.device)
-    load_splits = dataset_splits if cfg.dataset else text_splits
-    splits, tokenizer, data_hash, chars_per_token = load_splits(cfg, ckpt)
-    check_memory(cfg, tokenizer.vocab_size, device)
-    batches = RandomBatches(splits, cfg.block_size, cfg.batch_size, cfg.seed, device, procs.rank,
-                            procs.world_size)
-    torch.manual_seed(cfg.seed)
-    model = make_model(cfg.model_config(tokenizer.vocab_size)).to(device)
-    if procs.distributed:
-        torch.manual_seed(cfg.seed + procs.rank)  # the same weights, different dropout masks
-    run = Run(model, make_optimizer(model, cfg, device), batches, tokenizer, data_hash,
-              chars_per_token=chars_per_token)
-    if ckpt is not None:
-        try:
-            run.model.load_state_dict(ckpt["model"])
-            run.optimizer.load_state_dict(ckpt["optimizer"])
-            set_rng_state(ckpt["rng"], batches, procs)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-            detail = " ".join(str(e).split())[:200]
-            raise UserError(f"the training state in the checkpoint is damaged ({type(e).__name__}: "
-                            f"{detail}); resume from another copy or start a new run") from None
-        run.start_iter, run.best_val_loss = ckpt["iter"], ckpt["best_val_loss"]
-    return run
-
-
-# ---------------------------------------------------------------------------------------------
-# The learning-rate schedule, the step, the evaluation
-# ---------------------------------------------------------------------------------------------
+from fastgpt.training.config import TrainConfig, build_parser, namespace_from_settings
+from fastgpt.training.distributed import SINGLE, Processes, launched_processes, start, stop
+from fastgpt.training.metrics import PLOT
+from fastgpt.training.precision import Precision
+from fastgpt.training.progress import Progress, Throughput, duration, header
+from fastgpt.training.run import Run, resolve_config, set_up
+from fastgpt.training.run_dir import claim_run_dir
+from fastgpt.training.signals import StopSignals, Stopped
+from fastgpt.training.writer import RunWriter, resume_command
 
 
 def learning_rate(it: int, cfg: TrainConfig) -> float:
@@ -272,10 +111,9 @@ def estimate_loss(model: nn.Module, batches: RandomBatches, eval_iters: int,
     return losses
 
 
-def evaluate(model: nn.Module, batches: RandomBatches, cfg: TrainConfig, done: int,
-             precision: Precision) -> dict[str, float]:
+def evaluate(model: nn.Module, run: Run, cfg: TrainConfig, done: int) -> dict[str, float]:
     """The evaluation after `done` steps; a run whose losses are not finite stops here."""
-    losses = estimate_loss(model, batches, cfg.eval_iters, precision)
+    losses = estimate_loss(model, run.batches, cfg.eval_iters, run.precision)
     if not all(map(math.isfinite, losses.values())):
         raise UserError(f"the evaluation at step {done} gives losses {losses}: the run diverged and "
                         f"stops without a checkpoint of it; --resume with a lower --learning-rate "
@@ -283,92 +121,54 @@ def evaluate(model: nn.Module, batches: RandomBatches, cfg: TrainConfig, done: i
     return losses
 
 
-# ---------------------------------------------------------------------------------------------
-# What a run leaves in out_dir
-# ---------------------------------------------------------------------------------------------
+# on_eval(iteration, {"train": loss, "val": loss}, lr, training tokens/s since the last evaluation
+# (None at step 0)) -> text to add to the evaluation's line, or None
+EvalCallback = Callable[[int, dict[str, float], float, Optional[float]], Optional[str]]
 
 
-def resume_command(cfg: TrainConfig, procs: Processes) -> str:
-    launcher = "torchrun <its options>" if procs.distributed else "python"
-    return f"{launcher} -m fastgpt.train --resume --out-dir {shlex.quote(cfg.out_dir)}"
-
-
-class RunWriter:
-    """What a run leaves in out_dir (see fastgpt.run_dir): at each evaluation best.pt (when val
-    improves), a row of metrics.jsonl, loss.png, then last.pt; when a signal stops the run between
-    evaluations, last.pt of the step it stopped at (best.pt stays the best evaluation's). Every
-    process calls `gather` before a checkpoint (a data-parallel run's checkpoint holds each
-    process's random state); rank 0 alone writes. `saved`: the step last.pt holds (None: no
-    last.pt yet)."""
-
-    def __init__(self, cfg: TrainConfig, run: Run, precision: Precision, procs: Processes,
-                 saved: Optional[int]):
-        self.cfg, self.run, self.precision, self.procs = cfg, run, precision, procs
-        self.out_dir = Path(cfg.out_dir)
-        self.best = run.best_val_loss
-        self.rank_states: list[dict] = []
-        self.saved = saved
-
-    def gather(self) -> None:
-        self.rank_states = self.procs.all_gather(process_rng_state()) if self.procs.distributed else []
-
-    def state(self, iteration: int) -> dict:
-        """The checkpoint of the run after `iteration` steps."""
-        run = self.run
-        return checkpoint.make(run.model, run.tokenizer, optimizer=run.optimizer.state_dict(),
-                               iter=iteration, best_val_loss=self.best, train_config=asdict(self.cfg),
-                               rng=rng_state(run.batches, self.rank_states),
-                               data_sha256=run.data_sha256, scaler=self.precision.scaler.state_dict())
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """A failed write is one line saying what is kept and how to go on."""
-        if self.saved is None:  # a new run before its first last.pt: a rerun starts it again
-            then = "run the command again"
-        else:
-            then = (f"resume with `{resume_command(self.cfg, self.procs)}` ({checkpoint.LAST} of "
-                    f"step {self.saved} is kept)")
-        try:
-            yield
-        except DiskFull as e:
-            raise DiskFull(e.path, e.needed, then) from None
-        except OSError as e:
-            raise UserError(f"cannot write in {self.out_dir} ({e.strerror or e}); {then}") from None
-
-    def save_last(self, iteration: int) -> None:
-        """last.pt of step `iteration`, which a run stopped at."""
-        with self._writing():
-            checkpoint.save(self.state(iteration), self.out_dir / checkpoint.LAST)
-        self.saved = iteration
-
-    def evaluation(self, iteration: int, losses: dict[str, float], lr: float,
-                   tokens_per_s: Optional[float]) -> str:
-        """training_loop's on_eval; returns the bits per character, for the evaluation's line."""
-        with self._writing():
-            bpc = self._write_evaluation(iteration, losses, lr, tokens_per_s)
-        self.saved = iteration
-        return bpc
-
-    def _write_evaluation(self, iteration: int, losses: dict[str, float], lr: float,
-                          tokens_per_s: Optional[float]) -> str:
-        improved = losses["val"] < self.best
-        self.best = min(self.best, losses["val"])
-        state = self.state(iteration)
-        if improved:
-            checkpoint.save(state, self.out_dir / checkpoint.BEST)
-        val_bpc = bits_per_char(losses["val"], self.run.chars_per_token)
-        append_metrics(self.out_dir / METRICS, {"iter": iteration, "train_loss": losses["train"],
-                                                "val_loss": losses["val"], "val_bpc": val_bpc,
-                                                "lr": lr, "tokens_per_s": tokens_per_s,
-                                                "time": time.time()})
-        plot_losses(read_metrics(self.out_dir / METRICS), self.out_dir / PLOT)
-        checkpoint.save(state, self.out_dir / checkpoint.LAST)  # last: see fastgpt.run_dir
-        return f"{val_bpc:.4f} bits/char"
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
+def training_loop(model: nn.Module, run: Run, cfg: TrainConfig, on_eval: EvalCallback,
+                  procs: Processes = SINGLE, before_eval: Callable[[], None] = lambda: None,
+                  signals: Optional[StopSignals] = None) -> int:
+    """Steps start_iter .. max_iters - 1 of `run`, on `model` (the run's model, or it compiled or
+    DDP-wrapped). A new run evaluates first (the untrained loss), then after every eval_interval-th
+    step and the last; each evaluation calls on_eval and prints a line. Data-parallel: every
+    process calls before_eval, then rank 0 alone evaluates and reports. The loop ends early, on
+    every process alike, after the step a stop signal came in (`signals`) or at the evaluation that
+    reaches --target-val-loss. Returns the steps done."""
+    eval_model = model.module if isinstance(model, DistributedDataParallel) else model
+    progress = Progress(cfg, run.start_iter, procs.is_main)
+    throughput = Throughput(cfg.batch_size * cfg.block_size * cfg.grad_accum * procs.world_size)
+    done, lr = run.start_iter, learning_rate(run.start_iter, cfg)
+    model.train()
+    while True:
+        # a resumed run starts from a state that the run which saved it evaluated
+        if cfg.evaluates_at(done) and (done == 0 or done > run.start_iter):
+            before_eval()
+            reached = False
+            if procs.is_main:
+                tokens_per_s = throughput.take("evaluation")
+                losses = evaluate(eval_model, run, cfg, done)
+                progress.evaluation(done, losses, lr, tokens_per_s, on_eval(done, losses, lr, tokens_per_s))
+                reached = cfg.target_val_loss is not None and losses["val"] <= cfg.target_val_loss
+            if cfg.target_val_loss is not None and procs.max(int(reached), run.batches.device):
+                break
+        if done == cfg.max_iters or (signals is not None and signals.requested(procs, run.batches.device)):
+            break
+        lr = learning_rate(done, cfg)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        with throughput.step():  # .item() waits for the GPU: the time is the step's
+            loss = train_step(model, run.optimizer, run.batches, cfg, run.precision).item()
+        if not math.isfinite(loss):
+            raise UserError(f"the training loss became {loss} at step {done + 1}: the run diverged "
+                            f"and stops; its last.pt is kept: --resume with a lower "
+                            f"--learning-rate (or a --grad-clip)")
+        done += 1
+        progress.advance()
+        if throughput.steps("log") == cfg.log_interval:
+            progress.step(done, loss, lr, throughput.take("log"))
+    progress.close()
+    return done
 
 
 def wrap_for_training(model: nn.Module, cfg: TrainConfig, procs: Processes,
@@ -382,63 +182,6 @@ def wrap_for_training(model: nn.Module, cfg: TrainConfig, procs: Processes,
     return model
 
 
-# on_eval(iteration, {"train": loss, "val": loss}, lr, training tokens/s since the last evaluation
-# (None at step 0)) -> text to add to the evaluation's line, or None
-EvalCallback = Callable[[int, dict[str, float], float, Optional[float]], Optional[str]]
-
-
-def training_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomBatches,
-                  cfg: TrainConfig, start_iter: int, on_eval: EvalCallback,
-                  precision: Optional[Precision] = None, procs: Processes = SINGLE,
-                  before_eval: Callable[[], None] = lambda: None,
-                  signals: Optional[StopSignals] = None) -> int:
-    """Steps start_iter .. max_iters - 1. A new run evaluates first (the untrained loss), then
-    after every eval_interval-th step and the last; each evaluation calls on_eval and prints a line.
-    Data-parallel: every process calls before_eval, then rank 0 alone evaluates and reports
-    (tokens/s counts the global batch); `model` is the DDP-wrapped one. With `signals`, a stop
-    signal ends the loop after the step (and evaluation) it came in, on every process alike.
-    Returns the steps done."""
-    precision = precision or Precision("float32", batches.device)
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * procs.world_size
-    eval_model = model.module if isinstance(model, DistributedDataParallel) else model
-    progress = Progress(cfg, start_iter, procs.is_main)
-    done, lr = start_iter, learning_rate(start_iter, cfg)
-    step_time, steps_timed, log_time, log_steps = 0.0, 0, 0.0, 0
-    model.train()
-    while True:
-        # a resumed run starts from a state that the run which saved it evaluated
-        if cfg.evaluates_at(done) and (done == 0 or done > start_iter):
-            before_eval()
-            if procs.is_main:
-                tokens_per_s = tokens_per_step * steps_timed / step_time if steps_timed else None
-                losses = evaluate(eval_model, batches, cfg, done, precision)
-                progress.evaluation(done, losses, lr, tokens_per_s,
-                                    on_eval(done, losses, lr, tokens_per_s))
-            step_time, steps_timed = 0.0, 0
-        if done == cfg.max_iters or (signals is not None and signals.requested(procs, batches.device)):
-            break
-        lr = learning_rate(done, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        started = time.perf_counter()
-        # .item() waits for the GPU: the time below is the step's
-        loss = train_step(model, optimizer, batches, cfg, precision).item()
-        if not math.isfinite(loss):
-            raise UserError(f"the training loss became {loss} at step {done + 1}: the run diverged "
-                            f"and stops; its last.pt is kept: --resume with a lower "
-                            f"--learning-rate (or a --grad-clip)")
-        elapsed = time.perf_counter() - started
-        step_time, steps_timed = step_time + elapsed, steps_timed + 1
-        log_time, log_steps = log_time + elapsed, log_steps + 1
-        done += 1
-        progress.advance()
-        if log_steps == cfg.log_interval:
-            progress.step(done, loss, lr, tokens_per_step * log_steps / log_time)
-            log_time, log_steps = 0.0, 0
-    progress.close()
-    return done
-
-
 def sample_text(model: GPT, tokenizer: CharTokenizer, n_chars: int, device: torch.device) -> str:
     """n_chars characters generated after a newline (the lecture starts from token 0)."""
     start = 0 if tokenizer.unknown("\n") else tokenizer.encode("\n")[0]
@@ -447,47 +190,32 @@ def sample_text(model: GPT, tokenizer: CharTokenizer, n_chars: int, device: torc
     return tokenizer.decode(idx[0, 1:].tolist())
 
 
-# ---------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------
-
-
-def save_stopped_run(writer: RunWriter, done: int, start_iter: int, cfg: TrainConfig,
-                     procs: Processes) -> None:
-    """last.pt of the step a signal stopped the run at, unless it holds that step already (the
-    step the run resumed at, or one it evaluated). Every process calls it and waits for the save,
-    so that they end together."""
-    if not (done == start_iter or cfg.evaluates_at(done)):
-        writer.gather()
-        if procs.is_main:
-            writer.save_last(done)
-    procs.barrier()
-
-
 def train(cfg: TrainConfig, ckpt: Optional[dict] = None, procs: Processes = SINGLE) -> GPT:
     """Train as `cfg` says (continuing `ckpt` if given); returns the trained model, carrying its
     tokenizer. Every process of a data-parallel run calls this; only rank 0 prints and writes
     out_dir, and in a notebook shows the loss curve at the end."""
+    started = time.perf_counter()
     device = start(procs, pick_device(cfg.device))
-    precision = Precision(cfg.dtype, device)
     run = set_up(cfg, ckpt, procs=procs, device=device)
-    if ckpt is not None and "scaler" in ckpt:
-        precision.scaler.load_state_dict(ckpt["scaler"])
     if procs.is_main:
-        print(header(cfg, run, device, precision, procs), flush=True)
-    writer = RunWriter(cfg, run, precision, procs, saved=None if ckpt is None else run.start_iter)
+        print(header(cfg, run, procs), flush=True)
+    writer = RunWriter(cfg, run, procs, resumed=ckpt is not None)
     with claim_run_dir(Path(cfg.out_dir), ckpt) if procs.is_main else nullcontext(), \
             StopSignals() as signals:
-        done = training_loop(wrap_for_training(run.model, cfg, procs, device), run.optimizer,
-                             run.batches, cfg, run.start_iter, writer.evaluation, precision, procs,
-                             writer.gather, signals)
+        done = training_loop(wrap_for_training(run.model, cfg, procs, device), run, cfg,
+                             writer.evaluation, procs, writer.gather, signals)
         if signals.agreed:
-            save_stopped_run(writer, done, run.start_iter, cfg, procs)
+            writer.maybe_save(done)
             raise Stopped(signals.agreed, f"stopped by {signals.name} after step {done} of "
                                           f"{cfg.max_iters}, saved in {writer.out_dir / checkpoint.LAST}; "
                                           f"resume with `{resume_command(cfg, procs)}`")
+    if procs.is_main and cfg.target_val_loss is not None:
+        reached = writer.best <= cfg.target_val_loss
+        print(f"{'reached' if reached else 'did not reach'} val loss {cfg.target_val_loss} "
+              f"{'at step ' + str(done) if reached else 'in ' + str(done) + ' steps'}, "
+              f"{duration(time.perf_counter() - started)} after the run started", flush=True)
     if cfg.sample_chars and procs.is_main:
-        print(sample_text(run.model, run.tokenizer, cfg.sample_chars, run.batches.device))
+        print(sample_text(run.model, run.tokenizer, cfg.sample_chars, device))
     if procs.is_main and in_notebook():
         show_images([writer.out_dir / PLOT])
     run.model.tokenizer = run.tokenizer
@@ -511,7 +239,7 @@ def train_from_settings(**settings) -> GPT:
     carrying its tokenizer (fastgpt.sample takes it as it is). In Jupyter or Colab the progress is a
     notebook bar and the loss curve shows at the end. Bad settings raise fastgpt.UserError; a stop
     signal (a notebook's interrupt) stops the run after its step, saves last.pt and raises
-    fastgpt.signals.Stopped (fastgpt.train(resume=True, out_dir=...) continues it)."""
+    fastgpt.training.signals.Stopped (fastgpt.train(resume=True, out_dir=...) continues it)."""
     return train_from_args(namespace_from_settings(settings), launched_processes()).eval()
 
 

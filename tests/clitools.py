@@ -10,7 +10,7 @@ import pytest
 
 from fastgpt import checkpoint, convert, info, prepare, sample, train
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.tokenizer import CharTokenizer
+from fastgpt.data.tokenizer import CharTokenizer
 from fastgpt.cli import run_cli
 from fastgpt.ops import cpu
 

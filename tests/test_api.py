@@ -12,9 +12,9 @@ import torch
 import fastgpt
 from clitools import SMALL_TEXT, TINY_RUN, assert_user_error, run_module
 from fastgpt import checkpoint
-from fastgpt.config import TrainConfig
+from fastgpt.training.config import TrainConfig
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.progress import Progress
+from fastgpt.training.progress import Progress
 
 # TINY_RUN's flags as keywords
 TINY = dict(preset="cpu", device="cpu", attention="torch", n_embd=16, n_head=2, n_layer=1,

@@ -587,9 +587,10 @@ def test_training_with_cpp_attention_follows_the_torch_run(tmp_path, monkeypatch
     About a minute on 2 cores."""
     if why_not("cpp"):
         pytest.skip(why_not("cpp"))
-    from fastgpt.config import PRESETS, TrainConfig
+    from fastgpt.training.config import PRESETS, TrainConfig
     from fastgpt.ops.mask import draw_seed
-    from fastgpt.train import METRICS, read_metrics, train
+    from fastgpt.train import train
+    from fastgpt.training.metrics import METRICS, read_metrics
 
     torch_backend = fastgpt.attention._BACKENDS["torch"]
 

@@ -10,11 +10,11 @@ import torch
 
 from clitools import TINY_RUN, assert_user_error, run_module, snapshot
 from fastgpt import checkpoint
-from fastgpt.cli import UserError
+from fastgpt.errors import UserError
 from fastgpt.files import DiskFull
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.run_dir import load_resume_checkpoint
-from fastgpt.tokenizer import CharTokenizer
+from fastgpt.training.run_dir import load_resume_checkpoint
+from fastgpt.data.tokenizer import CharTokenizer
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from clitools import assert_user_error, run_module
-from fastgpt.cli import UserError, check_positive, check_range, pick_device
+from fastgpt.cli import check_positive, check_range, pick_device
+from fastgpt.errors import UserError
 
 
 @pytest.mark.parametrize("name", ["bogus", "meta", "tpu7", "cuda:x", ""])

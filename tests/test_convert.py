@@ -2,24 +2,13 @@
 import pytest
 import torch
 
-from bench.lecture_gpt import GPTLanguageModel
+from lecture_gpt import VOCAB_TEXT, lecture_model
 from clitools import assert_user_error, run_module, snapshot
 from fastgpt import checkpoint
 from fastgpt.convert import convert, gpt_from_lecture, gpt_state_dict, lecture_config
-from fastgpt.cli import UserError
+from fastgpt.errors import UserError
 
 # 65 distinct characters, like tiny Shakespeare's vocabulary.
-VOCAB_TEXT = "".join(chr(c) for c in range(32, 97)) * 3
-
-
-def lecture_model(vocab_size=65, block_size=16, n_embd=24, n_head=3, n_layer=2, dropout=0.0):
-    model = GPTLanguageModel(vocab_size, block_size, n_embd, n_head, n_layer, dropout)
-    with torch.no_grad():  # LayerNorms and biases away from their 1/0 initial values too
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
 @pytest.mark.parametrize("n_head, n_layer, T", [(1, 1, 16), (3, 2, 16), (4, 3, 7)])
 def test_same_logits_loss_and_gradients(n_head, n_layer, T):
     lecture = lecture_model(n_embd=8 * n_head, n_head=n_head, n_layer=n_layer)

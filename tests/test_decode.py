@@ -7,7 +7,7 @@ how far is measured here with a bound that catches a broken kernel, not asserted
 import pytest
 import torch
 
-from bench.lecture_gpt import GPTLanguageModel
+from lecture_gpt import GPTLanguageModel
 from clitools import needs_cpp
 from fastgpt.convert import gpt_from_lecture
 from fastgpt.decode import Decoder, cached_steps, unsupported

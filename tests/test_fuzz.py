@@ -56,7 +56,7 @@ BASE = {"train": [*TINY_RUN, "--data", "TEXT", "--out-dir", "NEW"],
 @pytest.fixture(scope="module")
 def lecture_state(tmp_path_factory):
     import torch
-    from test_convert import VOCAB_TEXT, lecture_model
+    from lecture_gpt import VOCAB_TEXT, lecture_model
     root = tmp_path_factory.mktemp("lecture")
     torch.save(lecture_model(n_layer=1).state_dict(), root / "lecture.pt")
     (root / "vocab.txt").write_text(VOCAB_TEXT)
@@ -85,10 +85,10 @@ def capped(monkeypatch) -> None:
     """A few steps, evaluation batches and sampled characters, whatever the flags asked."""
     loop, sample_text = train.training_loop, train.sample_text
 
-    def short_loop(model, optimizer, batches, cfg, *args, **kw):
+    def short_loop(model, run, cfg, *args, **kw):
         cfg = dataclasses.replace(cfg, max_iters=min(cfg.max_iters, 2), eval_iters=min(cfg.eval_iters, 2),
                                   grad_accum=min(cfg.grad_accum, 2))
-        return loop(model, optimizer, batches, cfg, *args, **kw)
+        return loop(model, run, cfg, *args, **kw)
 
     monkeypatch.setattr(train, "training_loop", short_loop)
     monkeypatch.setattr(train, "sample_text", lambda m, t, n, d: sample_text(m, t, min(n, 5), d))

@@ -15,9 +15,10 @@ import time
 import pytest
 import torch
 
-import fastgpt.data
+import fastgpt.data.text
 from clitools import FAST_RUN, assert_refused, run_tool, snapshot
 from fastgpt import checkpoint, convert, info, prepare, train
+from fastgpt.training import metrics, run_dir, writer
 from fastgpt.files import LOCK, atomic_write, claim_out_dir
 
 # --- 1. A kill at any moment leaves a directory that the same command resumes or restarts ------
@@ -46,13 +47,13 @@ def test_run_killed_between_best_and_last_restarts_and_cleans_up(tmp_path, data,
                             capsys=capsys), "--resume needs")
     assert run_tool("train", *FAST_RUN, "--data", data, "--out-dir", out_dir, capsys=capsys)[0] == 0
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        [LOCK, *train.RUN_FILES])  # the temporary file is gone
-    assert [row["iter"] for row in train.read_metrics(out_dir / train.METRICS)] == [0, 2]
+        [LOCK, *run_dir.RUN_FILES])  # the temporary file is gone
+    assert [row["iter"] for row in metrics.read_metrics(out_dir / metrics.METRICS)] == [0, 2]
 
 
 def test_run_killed_mid_metrics_line_resumes(tmp_path, data, capsys, monkeypatch):
     out_dir = tmp_path / "out"
-    real_append = train.append_metrics
+    real_append = writer.append_metrics
 
     def die_mid_line(path, row):
         if row["iter"] == 2:
@@ -61,14 +62,14 @@ def test_run_killed_mid_metrics_line_resumes(tmp_path, data, capsys, monkeypatch
             raise Killed
         real_append(path, row)
 
-    monkeypatch.setattr(train, "append_metrics", die_mid_line)
+    monkeypatch.setattr(writer, "append_metrics", die_mid_line)
     with pytest.raises(Killed):
         train.main([*FAST_RUN, "--data", str(data), "--out-dir", str(out_dir), "--max-iters", "4"])
-    monkeypatch.setattr(train, "append_metrics", real_append)
+    monkeypatch.setattr(writer, "append_metrics", real_append)
     code, err = run_tool("train", *FAST_RUN, "--data", data, "--out-dir", out_dir, "--max-iters",
                          "4", "--resume", capsys=capsys)
     assert code == 0, err
-    assert [row["iter"] for row in train.read_metrics(out_dir / train.METRICS)] == [0, 2, 4]
+    assert [row["iter"] for row in metrics.read_metrics(out_dir / metrics.METRICS)] == [0, 2, 4]
 
 
 def test_convert_killed_mid_save_converts_again(tmp_path, capsys, monkeypatch):
@@ -241,7 +242,7 @@ def test_unreadable_data_is_one_line(tmp_path, data, capsys, monkeypatch):
     def denied(*args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(fastgpt.data, "open", denied, raising=False)  # root reads every file: patch instead
+    monkeypatch.setattr(fastgpt.data.text, "open", denied, raising=False)  # root reads every file: patch instead
     assert_refused(run_tool("train", *FAST_RUN, "--data", data, "--out-dir", tmp_path / "o",
                             capsys=capsys), "cannot read", "Permission denied")
 
@@ -278,7 +279,7 @@ def test_damaged_metrics_on_resume_is_refused_at_start(tmp_path, finished_run, c
     out_dir.mkdir()
     for p in finished_run[0].iterdir():
         (out_dir / p.name).write_bytes(p.read_bytes())
-    (out_dir / train.METRICS).write_text('{"iter": 0, "train_loss": 1, "val_loss": 1}\nnot json\n{}\n')
+    (out_dir / metrics.METRICS).write_text('{"iter": 0, "train_loss": 1, "val_loss": 1}\nnot json\n{}\n')
     before = snapshot(out_dir)
     assert_refused(run_tool("train", *FAST_RUN, "--data", finished_run[1], "--out-dir", out_dir,
                             "--resume", "--max-iters", "4", capsys=capsys), "line 2 is damaged")
@@ -362,7 +363,7 @@ def test_info_refuses_unknown_flags(capsys):
 
 
 def lecture_files(tmp_path):
-    from test_convert import VOCAB_TEXT, lecture_model
+    from lecture_gpt import VOCAB_TEXT, lecture_model
     state_path, vocab_path = tmp_path / "lecture.pt", tmp_path / "input.txt"
     torch.save(lecture_model().state_dict(), state_path)
     vocab_path.write_text(VOCAB_TEXT)

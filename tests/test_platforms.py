@@ -5,9 +5,10 @@ import torch
 
 import fastgpt.attention as dispatch
 from clitools import TINY_RUN, assert_user_error, run_module
-from fastgpt.cli import UserError, pick_device
+from fastgpt.cli import pick_device
+from fastgpt.errors import UserError
 from fastgpt.ops import cuda
-from fastgpt.precision import resolve_dtype
+from fastgpt.training.precision import resolve_dtype
 
 
 @pytest.fixture

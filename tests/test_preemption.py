@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from clitools import SMALL_TEXT, TINY_RUN, assert_refused, run_tool
-from fastgpt import checkpoint, metrics, prepare, train
-from fastgpt.cli import UserError
-from fastgpt.dataset import MemmapDataset
+from fastgpt import checkpoint, prepare, train
+from fastgpt.training import metrics
+from fastgpt.errors import UserError
+from fastgpt.data.dataset import MemmapDataset
 
 # Evaluations at 0, 20 and 40 only, a log line every step (the tests wait for one).
 RUN = [*TINY_RUN, "--sample-chars", "0", "--eval-interval", "20", "--log-interval", "1",

@@ -1,4 +1,4 @@
-"""fastgpt.prepare and fastgpt.dataset: streaming tokenization into memory-mapped splits, BPE, and
+"""fastgpt.prepare and fastgpt.data.dataset: streaming tokenization into memory-mapped splits, BPE, and
 the errors of a damaged dataset."""
 import json
 import random
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from fastgpt import prepare as prep
-from fastgpt.data import shakespeare, split
-from fastgpt.dataset import MemmapDataset, ids_dtype, read_meta
-from fastgpt.cli import UserError
-from fastgpt.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_state_dict
+from fastgpt.data.batches import split
+from fastgpt.data.text import shakespeare
+from fastgpt.data.dataset import MemmapDataset, ids_dtype, read_meta
+from fastgpt.errors import UserError
+from fastgpt.data.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_state_dict
 
 
 def random_lines(seed: int, n_lines: int, alphabet: str = "abcdefghijklmnopqrstuvwxyzéß日本 ,.;'\t") -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench import table
 from clitools import run_module
-from fastgpt.config import PRESETS
+from fastgpt.training.config import PRESETS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TINY_PRESET = dict(n_embd=16, n_head=2, n_layer=1, block_size=16, batch_size=4, max_iters=4,

@@ -10,7 +10,7 @@ from clitools import random_run
 from fastgpt import checkpoint
 from fastgpt.cli import run_cli
 from fastgpt.sample import SEPARATOR, main, write_samples
-from fastgpt.tokenizer import CharTokenizer
+from fastgpt.data.tokenizer import CharTokenizer
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
 

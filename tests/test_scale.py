@@ -12,12 +12,12 @@ import torch
 
 from fastgpt import checkpoint
 from fastgpt.attention import BACKENDS, backend_status
-from fastgpt.data import shakespeare
-from fastgpt.dataset import bits_per_char
-from fastgpt.cli import UserError
+from fastgpt.data.text import shakespeare
+from fastgpt.data.dataset import bits_per_char
+from fastgpt.errors import UserError
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.prepare import prepare
-from fastgpt.tokenizer import BPETokenizer
+from fastgpt.data.tokenizer import BPETokenizer
 from fastgpt.train import main as train_main
 
 TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16",
@@ -98,7 +98,7 @@ def test_resume_under_ddp_continues_exactly(tmp_path, text_path):
 
 
 def test_processes_draw_disjoint_shares_of_the_global_batch():
-    from fastgpt.data import RandomBatches
+    from fastgpt.data.batches import RandomBatches
     data = {"train": torch.arange(1000)}
     one = RandomBatches(data, 8, 6, seed=3, device=torch.device("cpu"))
     ranks = [RandomBatches(data, 8, 3, seed=3, device=torch.device("cpu"), rank=r, world_size=2)

@@ -9,10 +9,11 @@ import torch
 
 from clitools import SMALL_TEXT, TINY_RUN, run_module
 from fastgpt import checkpoint
-from fastgpt.config import PRESETS, TrainConfig, build_parser, config_from_args
+from fastgpt.training.config import PRESETS, TrainConfig, build_parser, config_from_args
 from fastgpt.model import GPT, GPTConfig
-from fastgpt.precision import Precision
-from fastgpt.train import learning_rate, main, make_optimizer
+from fastgpt.training.precision import Precision
+from fastgpt.train import learning_rate, main
+from fastgpt.training.run import make_optimizer
 
 
 @pytest.fixture

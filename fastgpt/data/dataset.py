@@ -24,7 +24,7 @@ from torch import Tensor
 
 from fastgpt.errors import UserError
 from fastgpt.files import atomic_write
-from fastgpt.tokenizer import tokenizer_from_state_dict
+from fastgpt.data.tokenizer import tokenizer_from_state_dict
 
 FORMAT = "fastgpt-dataset"
 VERSION = 1

@@ -15,10 +15,10 @@ from typing import Iterator, Optional
 
 from fastgpt import checkpoint
 from fastgpt.cli import flag
-from fastgpt.config import TrainConfig
 from fastgpt.errors import UserError
 from fastgpt.files import check_not_users, claim_out_dir, is_fastgpt_dir
-from fastgpt.metrics import METRICS, PLOT, keep_resumed_metrics
+from fastgpt.training.config import TrainConfig
+from fastgpt.training.metrics import METRICS, PLOT, check_metrics, keep_resumed_metrics
 
 RUN_FILES = (checkpoint.BEST, METRICS, PLOT, checkpoint.LAST)
 # Files that show a directory without the marker was written by fastgpt (runs older than it).
@@ -67,8 +67,10 @@ def load_resume_checkpoint(out_dir: Path) -> dict:
     return ckpt
 
 
-def check_resume_matches(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
-    """A flag that changes the model's shape cannot apply to a resumed run."""
+def check_resume(cfg: TrainConfig, ckpt: dict, out_dir: Path) -> None:
+    """Before a resumed run starts: no flag changes the model's shape, there are steps left to
+    train, and metrics.jsonl can be kept (check_metrics)."""
+    path = out_dir / checkpoint.LAST
     saved = ckpt["model_config"]
     for name in MODEL_FIELDS:
         if getattr(cfg, name) != saved[name]:
@@ -78,6 +80,7 @@ def check_resume_matches(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     if cfg.max_iters <= ckpt["iter"]:
         raise UserError(f"{path} has already trained {ckpt['iter']} iterations; pass a --max-iters "
                         f"above {ckpt['iter']} to train further")
+    check_metrics(out_dir / METRICS, ckpt["iter"])
 
 
 @contextmanager

@@ -5,19 +5,17 @@ import statistics
 import sys
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import torch
 from tqdm import tqdm
 
 from fastgpt.attention import explain
-from fastgpt.config import TrainConfig
-from fastgpt.distributed import Processes
+from fastgpt.training.config import TrainConfig
+from fastgpt.training.distributed import Processes
 from fastgpt.notebook import in_notebook
-from fastgpt.precision import Precision
-
-if TYPE_CHECKING:
-    from fastgpt.train import Run
+from fastgpt.training.run import Run
 
 # The ETA's step time is the median of the last STEP_WINDOW steps: the first steps (warm-up) and a
 # step that waited on the OS or a log write do not drag it, and it follows a run that speeds up.
@@ -50,6 +48,33 @@ def progress_bar(start_iter: int, total: int) -> Optional[tqdm]:
     if sys.stderr.isatty():
         return tqdm(**options, dynamic_ncols=True)
     return None
+
+
+class Throughput:
+    """Training tokens per second, timed around the steps alone (evaluations and checkpoints not
+    counted), over two windows: since the last evaluation (its line) and since the last log line."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.windows = {"evaluation": [0.0, 0], "log": [0.0, 0]}  # name -> [seconds, steps]
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - started
+        for window in self.windows.values():
+            window[0] += elapsed
+            window[1] += 1
+
+    def steps(self, window: str) -> int:
+        return self.windows[window][1]
+
+    def take(self, window: str) -> Optional[float]:
+        """Tokens/s over `window`, which starts again; None when no step was timed in it."""
+        seconds, steps = self.windows[window]
+        self.windows[window] = [0.0, 0]
+        return self.tokens_per_step * steps / seconds if steps else None
 
 
 class Progress:
@@ -126,9 +151,9 @@ class Progress:
             self.bar.close()
 
 
-def header(cfg: TrainConfig, run: "Run", device: torch.device, precision: Precision,
-           procs: Processes) -> str:
+def header(cfg: TrainConfig, run: Run, procs: Processes) -> str:
     """What this run is: printed once at its start."""
+    device, precision = run.batches.device, run.precision
     n_params = sum(p.numel() for p in run.model.parameters())
     tokens = {name: split.numel() for name, split in run.batches.splits.items()}
     processes = f" x {procs.world_size} processes" if procs.distributed else ""

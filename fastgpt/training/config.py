@@ -4,12 +4,13 @@ Precedence: the dataclass defaults, then the preset, then the flags given on the
 """
 import argparse
 import difflib
+import typing
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Optional
 
 from fastgpt.api import check_path, check_setting
-from fastgpt.cli import (ATTENTION_CHOICES, ATTENTION_HELP, DEVICE_HELP, UserError, check_positive,
-                         check_range, flag)
+from fastgpt.cli import ATTENTION_CHOICES, ATTENTION_HELP, DEVICE_HELP, check_positive, check_range, flag
+from fastgpt.errors import UserError
 from fastgpt.model import GPTConfig, InvalidConfig
 
 
@@ -59,6 +60,8 @@ class TrainConfig:
     eval_iters: int = _opt(200, "batches per split in each evaluation")
     log_interval: int = _opt(10, "steps between updates of the progress bar's loss, lr and tokens/s")
     sample_chars: int = _opt(200, "characters sampled and printed at the end (0: none)")
+    target_val_loss: Optional[float] = _opt(None, "stop at the first evaluation whose val loss is at "
+                                                  "or below this, and print the time it took")
 
     def evaluates_at(self, done: int) -> bool:
         """A run evaluates after every eval_interval-th step and after its last (a new run at 0 too)."""
@@ -102,9 +105,9 @@ def default_preset() -> str:
 
 
 def _kind(f: Field) -> type:
-    """bool, int, float or str: what a field's flag parses its value to."""
-    name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
-    return {"bool": bool, "int": int, "float": float}.get(name, str)
+    """bool, int, float or str: what a field's flag parses its value to (an Optional one's type)."""
+    kind = next((t for t in typing.get_args(f.type) if t is not type(None)), f.type)
+    return kind if kind in (bool, int, float) else str
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

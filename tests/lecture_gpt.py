@@ -121,3 +121,16 @@ class GPTLanguageModel(nn.Module):
             idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T+1)
         return idx
+
+
+# Tests of the lecture's checkpoints: a vocabulary of 65 characters, and a small model of it.
+VOCAB_TEXT = "".join(chr(c) for c in range(32, 97)) * 3
+
+
+def lecture_model(vocab_size=65, block_size=16, n_embd=24, n_head=3, n_layer=2, dropout=0.0):
+    """A lecture model with every parameter moved off its initial value (LayerNorms and biases too)."""
+    model = GPTLanguageModel(vocab_size, block_size, n_embd, n_head, n_layer, dropout)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model

@@ -58,6 +58,11 @@ def resumed_metrics(path: Path, iteration: int) -> list[dict]:
     return rows
 
 
+def check_metrics(path: Path, iteration: int) -> None:
+    """A UserError now, before a resumed run starts, if it could not keep metrics.jsonl's rows."""
+    resumed_metrics(path, iteration)
+
+
 def keep_resumed_metrics(path: Path, iteration: int) -> None:
     """Rewrite metrics.jsonl (atomically) with the rows a run resumed at `iteration` keeps."""
     if path.exists():

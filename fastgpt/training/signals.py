@@ -11,7 +11,7 @@ import threading
 
 import torch
 
-from fastgpt.distributed import Processes
+from fastgpt.training.distributed import Processes
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
