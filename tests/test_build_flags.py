@@ -130,4 +130,4 @@ def test_a_compiler_that_cannot_build_the_extension_still_installs(tmp_path):
     assert "warning: fastgpt: the C++ extension was not built" in result.stdout + result.stderr
     (wheel,) = (tmp_path / "dist").glob("fastgpt_char-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "fastgpt/data.py" in names and not any(name.startswith("fastgpt/_C") for name in names)
+    assert "fastgpt/data/text.py" in names and not any(name.startswith("fastgpt/_C") for name in names)
