@@ -16,15 +16,8 @@ from fastgpt.train import learning_rate, main
 from fastgpt.training.run import make_optimizer
 
 
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "input.txt"
-    path.write_text(SMALL_TEXT)
-    return path
-
-
-def train_in_process(out_dir, text_file, *flags):
-    main([*TINY_RUN, "--data", str(text_file), "--out-dir", str(out_dir), *flags])
+def train_in_process(out_dir, data, *flags):
+    main([*TINY_RUN, "--data", str(data), "--out-dir", str(out_dir), *flags])
 
 
 def test_constant_schedule():
@@ -83,9 +76,9 @@ def test_help_documents_every_flag(tmp_path):
     assert "--preset" in help_text and "nanogpt-cpu" in help_text
 
 
-def test_cli_run_leaves_checkpoints_metrics_plot_and_prints_a_sample(tmp_path, text_file):
+def test_cli_run_leaves_checkpoints_metrics_plot_and_prints_a_sample(tmp_path, data):
     out_dir = tmp_path / "out"
-    result = run_module("fastgpt.train", *TINY_RUN, "--data", text_file, "--out-dir", out_dir,
+    result = run_module("fastgpt.train", *TINY_RUN, "--data", data, "--out-dir", out_dir,
                         "--max-iters", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "eval 4/4: train loss" in result.stdout and "attention  " in result.stdout
@@ -111,11 +104,11 @@ def test_cli_run_leaves_checkpoints_metrics_plot_and_prints_a_sample(tmp_path, t
     assert not model.training and model.config.n_embd == 16
 
 
-def test_resume_is_exact(tmp_path, text_file):
+def test_resume_is_exact(tmp_path, data):
     """8 steps in one go, or 4 steps then --resume to 8: the same losses and the same bits."""
     whole, halves = tmp_path / "whole", tmp_path / "halves"
-    train_in_process(whole, text_file, "--max-iters", "8")
-    train_in_process(halves, text_file, "--max-iters", "3")  # stops between two evaluations
+    train_in_process(whole, data, "--max-iters", "8")
+    train_in_process(halves, data, "--max-iters", "3")  # stops between two evaluations
     main(["--resume", "--out-dir", str(halves), "--max-iters", "8"])
 
     def losses(out_dir):
@@ -134,9 +127,9 @@ def test_resume_is_exact(tmp_path, text_file):
     assert torch.equal(a["rng"]["batches"]["generator"], b["rng"]["batches"]["generator"])
 
 
-def test_resume_continues_the_saved_run_config(tmp_path, text_file):
+def test_resume_continues_the_saved_run_config(tmp_path, data):
     out_dir = tmp_path / "out"
-    train_in_process(out_dir, text_file, "--max-iters", "2", "--learning-rate", "1e-3")
+    train_in_process(out_dir, data, "--max-iters", "2", "--learning-rate", "1e-3")
     main(["--resume", "--out-dir", str(out_dir), "--max-iters", "4", "--attention", "torch"])
     last = checkpoint.load_checkpoint(out_dir / "last.pt")
     assert last["train_config"]["learning_rate"] == 1e-3 and last["train_config"]["n_embd"] == 16
@@ -148,3 +141,30 @@ def test_matplotlib_is_imported_only_to_draw_the_plot():
     code = "import sys, fastgpt.train; assert 'matplotlib' not in sys.modules, 'imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_target_val_loss_ends_the_run_at_the_evaluation_that_reaches_it(tmp_path, data, capsys):
+    """A target above the untrained loss is reached at step 0; one below what a few steps reach
+    lets every step run, and the line says it was not reached."""
+    reached, missed = tmp_path / "reached", tmp_path / "missed"
+    train_in_process(reached, data, "--max-iters", "6", "--target-val-loss", "100")
+    assert "reached val loss 100.0 at step 0" in capsys.readouterr().out
+    assert checkpoint.load_checkpoint(reached / "last.pt")["iter"] == 0
+    train_in_process(missed, data, "--max-iters", "4", "--target-val-loss", "0.001")
+    assert "did not reach val loss 0.001 in 4 steps" in capsys.readouterr().out
+    assert checkpoint.load_checkpoint(missed / "last.pt")["iter"] == 4
+
+
+def test_evaluation_scores_the_same_windows_in_fewer_calls(monkeypatch, data):
+    """A batch a forward call, or many: the same mean loss."""
+    from fastgpt import train
+    from fastgpt.data.batches import RandomBatches, split
+    ids = torch.tensor([ord(c) % 16 for c in SMALL_TEXT])
+    model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    batches = RandomBatches(split(ids, 8), 8, 4, 0, torch.device("cpu"))
+    by_batch = {}
+    for tokens in (1, 64, 1 << 20):  # 1 batch of 4 x 8 tokens a call, 2 (the last alone), all 7
+        monkeypatch.setattr(train, "EVAL_TOKENS_PER_CALL", tokens)
+        by_batch[tokens] = train.estimate_loss(model, batches, eval_iters=7)
+    for losses in by_batch.values():
+        assert losses == pytest.approx(by_batch[1], rel=1e-6)
