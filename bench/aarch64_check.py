@@ -89,7 +89,7 @@ def check_packed_attention():
 
 
 def error_in_eps(result, exact):
-    """max |result - exact| / (1 + |exact|) in units of result's eps (2: test_dropout.py's atol = rtol = 2 eps)."""
+    """max |result - exact| / (1 + |exact|) in units of result's eps (2: test_dropout_add.py's atol = rtol = 2 eps)."""
     return ((result.double() - exact).abs() / (1 + exact.abs())).max().item() / torch.finfo(result.dtype).eps
 
 
@@ -107,7 +107,7 @@ def check_dropout_add():
             err = error_in_eps(out, reference_dropout_add(x.double(), residual.double(), 0.3, n + 5))
             dx_err = error_in_eps(dx, reference_dropout_add(x.double(), torch.zeros(n, dtype=torch.float64), 0.3, n + 5))
             line.append(f"{str(dtype)[6:]} {err:.2f}/{dx_err:.2f}")
-            assert out.dtype == dtype and err <= 2 and dx_err <= 2, f"n={n} {dtype}"  # test_dropout.py's bound
+            assert out.dtype == dtype and err <= 2 and dx_err <= 2, f"n={n} {dtype}"  # test_dropout_add.py's bound
         print(f"  n={n:<6} keep bits equal; out/dx: " + "  ".join(line))
 
 

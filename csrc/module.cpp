@@ -1,5 +1,5 @@
 // fastgpt._C, the Python module: importing it registers the CPU kernels of every fastgpt op
-// (TORCH_LIBRARY_IMPL in attention.cpp and dropout.cpp; fastgpt/ops/cpu.py is the one importer) and
+// (TORCH_LIBRARY_IMPL in attention.cpp and dropout_add.cpp; fastgpt/ops/cpu.py is the one importer) and
 // binds what is not an op: the instruction-set choice, how it was built, the attention dropout mask and
 // the sampling step.
 #include <torch/extension.h>

@@ -37,7 +37,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from fastgpt.kernels import dropout_add  # noqa: E402
-from fastgpt.kernels import flash_attention as kernels  # noqa: E402
+from fastgpt.kernels import attention as kernels  # noqa: E402
 
 # name: (capability, dtypes, the most shared memory a block may have (opt-in), in bytes)
 TARGETS = {

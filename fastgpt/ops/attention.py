@@ -1,5 +1,5 @@
 """The ops `fastgpt::causal_attention` and `fastgpt::causal_attention_qkv`: schemas, fakes and
-autograd (kernels: csrc/attention.cpp on CPU, kernels/flash_attention.py on CUDA).
+autograd (kernels: csrc/attention.cpp on CPU, kernels/attention.py on CUDA).
 
 The forward returns the output and the row logsumexp of the scaled, masked scores; the backward is
 a second op, `fastgpt::causal_attention_backward`, that recomputes the probabilities from q, k and

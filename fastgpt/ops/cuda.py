@@ -17,10 +17,10 @@ from fastgpt.ops.library import LIBRARY, OPS
 
 # op -> (module of fastgpt.kernels, launcher), each launcher with its op's schema
 LAUNCHERS = {
-    "fastgpt::causal_attention": ("flash_attention", "flash_attention_forward"),
-    "fastgpt::causal_attention_backward": ("flash_attention", "flash_attention_backward"),
-    "fastgpt::causal_attention_qkv": ("flash_attention", "flash_attention_forward_qkv"),
-    "fastgpt::causal_attention_qkv_backward": ("flash_attention", "flash_attention_backward_qkv"),
+    "fastgpt::causal_attention": ("attention", "flash_attention_forward"),
+    "fastgpt::causal_attention_backward": ("attention", "flash_attention_backward"),
+    "fastgpt::causal_attention_qkv": ("attention", "flash_attention_forward_qkv"),
+    "fastgpt::causal_attention_qkv_backward": ("attention", "flash_attention_backward_qkv"),
     "fastgpt::dropout_add": ("dropout_add", "dropout_add"),
     "fastgpt::dropout_add_backward": ("dropout_add", "dropout_add_backward"),
 }
@@ -65,7 +65,7 @@ def unsupported(device_type: str, dtype: torch.dtype, head_size: int) -> Optiona
         return missing
     if device_type != "cuda":
         return f"the Triton kernels run on CUDA tensors, not {device_type}"
-    attention = kernels("flash_attention")
+    attention = kernels("attention")
     if dtype not in attention.SUPPORTED_DTYPES:
         return f"dtype {dtype} is not one of {', '.join(str(d) for d in attention.SUPPORTED_DTYPES)}"
     if head_size > attention.MAX_HEAD_SIZE:
@@ -91,7 +91,7 @@ def slower_than_sdpa(device_type: str) -> Optional[str]:
 def keep_mask(seed: int, B: int, H: int, T: int, p: float) -> Tensor:
     """The bool (B, H, T, T) attention keep-mask the Triton kernels draw, made by a Triton kernel on
     CUDA (or on the CPU in Triton's interpreter)."""
-    attention = kernels("flash_attention")
+    attention = kernels("attention")
     device = "cpu" if attention.INTERPRETED else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("the Triton dropout mask needs a CUDA GPU (or TRITON_INTERPRET=1 set "

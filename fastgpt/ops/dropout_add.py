@@ -1,5 +1,5 @@
 """The op `fastgpt::dropout_add`: residual dropout fused with the residual add, schema, fake and
-autograd (kernels: csrc/dropout.cpp on CPU, kernels/dropout_add.py on CUDA).
+autograd (kernels: csrc/dropout_add.cpp on CPU, kernels/dropout_add.py on CUDA).
 
 The lecture drops the output of each block's attention projection and MLP before adding it to the
 residual stream (`x + dropout(proj(...))`): with `nn.Dropout` that is a bernoulli draw, a mask

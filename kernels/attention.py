@@ -1,6 +1,6 @@
 """Fused causal attention in Triton: FlashAttention-2 forward and backward with in-kernel dropout.
 
-Installed as `fastgpt.kernels.flash_attention`; `fastgpt.ops.cuda` registers the launchers below as
+Installed as `fastgpt.kernels.attention`; `fastgpt.ops.cuda` registers the launchers below as
 the CUDA kernels of the ops `fastgpt::causal_attention`, `::causal_attention_qkv` and their backward
 ops.
 
