@@ -35,8 +35,6 @@ inline int64_t seed_value(const at::Tensor& seed) {
   return seed.item<int64_t>();
 }
 
-// attention.cpp
-at::Tensor keep_mask(int64_t seed, int64_t B, int64_t H, int64_t T, double dropout_p);
 // decode.cpp
 at::Tensor decode_step(const at::Tensor& tokens, int64_t pos, const std::vector<at::Tensor>& params,
                        const std::vector<at::Tensor>& scales, const std::vector<at::Tensor>& cache, int64_t n_head,

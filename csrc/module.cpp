@@ -1,7 +1,6 @@
 // fastgpt._C, the Python module: importing it registers the CPU kernels of every fastgpt op
 // (TORCH_LIBRARY_IMPL in attention.cpp and dropout_add.cpp; fastgpt/ops/cpu.py is the one importer) and
-// binds what is not an op: the instruction-set choice, how it was built, the attention dropout mask and
-// the sampling step.
+// binds what is not an op: the instruction-set choice, how it was built and the sampling step.
 #include <torch/extension.h>
 
 #include <string>
@@ -58,7 +57,6 @@ pybind11::dict build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastgpt's CPU kernels: every op's CPU kernel is registered on import; the sampling step";
-  m.def("keep_mask", &fastgpt::keep_mask, "(seed, B, H, T, dropout_p) -> bool (B, H, T, T) attention keep mask");
   m.def("instruction_set", &fastgpt::instruction_set, "the instruction set the kernels use on this CPU");
   m.def("set_instruction_set", &fastgpt::set_instruction_set,
         "run the kernels compiled for this instruction set (baseline, avx2+fma, avx512), at most the CPU's best");

@@ -1,8 +1,8 @@
 """Fused causal attention in Triton: FlashAttention-2 forward and backward with in-kernel dropout.
 
 Installed as `fastgpt.kernels.attention`; `fastgpt.ops.cuda` registers the launchers below as
-the CUDA kernels of the ops `fastgpt::causal_attention`, `::causal_attention_qkv` and their backward
-ops.
+the CUDA kernels of the ops `fastgpt::causal_attention`, `::causal_attention_qkv`, their backward
+ops and `::attention_keep_mask` (fastgpt/ops/attention.py names them).
 
 What it computes: out = dropout(softmax(q kᵀ / sqrt(D) + causal mask)) v for q, k, v (B, H, T, D),
 and the row logsumexp of the masked, scaled scores (natural log, float32), which the backward uses
@@ -347,7 +347,7 @@ _dq_kernel = triton.autotune(configs=_ROW_TILES, key=_TUNE_KEY, prune_configs_by
 
 
 # ---------------------------------------------------------------------------------------------
-# The debug entry point: the keep-mask itself
+# The keep-mask itself (the op fastgpt::attention_keep_mask)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -464,12 +464,12 @@ def flash_attention_backward_qkv(grad_out: torch.Tensor, qkv: torch.Tensor, out:
     return dqkv
 
 
-def keep_mask(seed: int, B: int, H: int, T: int, p: float,
-              device: torch.device | str) -> torch.Tensor:
-    """The bool (B, H, T, T) keep-mask the kernels use for this seed and shape, made by a kernel
-    that calls the same `_keep` as the attention kernels."""
-    out = torch.empty(B, H, T, T, dtype=torch.uint8, device=device)
+def keep_mask(seed: torch.Tensor, B: int, H: int, T: int, dropout_p: float) -> torch.Tensor:
+    """fastgpt::attention_keep_mask: the bool (B, H, T, T) keep-mask the kernels use for this seed
+    and shape, on the seed's device, made by a kernel that calls the same `_keep` as the attention
+    kernels."""
+    out = torch.empty(B, H, T, T, dtype=torch.uint8, device=seed.device)
     block_m, block_n = 16, 64
-    _keep_mask_kernel[(triton.cdiv(T, block_m), B * H)](out, T, int(seed), dropout_threshold(p),
+    _keep_mask_kernel[(triton.cdiv(T, block_m), B * H)](out, T, int(seed), dropout_threshold(dropout_p),
                                                        BLOCK_M=block_m, BLOCK_N=block_n)
     return out.view(torch.bool)
