@@ -8,7 +8,7 @@ Checks, each printed with its errors, and failing with an AssertionError:
   kernels' own keep mask), by the rule of tests/test_attention.py: error <= 2x the reference's own
   error in that dtype + eps; the C++ keep mask equals fastgpt.ops.mask's bit for bit; a gradcheck;
 - fastgpt::dropout_add and its backward against the reference, keep bits equal to fastgpt.ops.mask's;
-- the sampling step (fastgpt._C.decode_step) against the model's full pass.
+- the sampling step (the op fastgpt::decode_step) against the model's full pass.
 """
 import platform
 import warnings
@@ -112,7 +112,7 @@ def check_dropout_add():
 
 
 def check_decode_step():
-    print("fastgpt._C.decode_step (one position per call) vs the model's full pass: max |logit error|")
+    print("fastgpt::decode_step (one position per call) vs the model's full pass: max |logit error|")
     torch.manual_seed(0)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         config = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0, attention="torch")
