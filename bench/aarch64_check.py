@@ -8,7 +8,7 @@ Checks, each printed with its errors, and failing with an AssertionError:
   kernels' own keep mask), by the rule of tests/test_attention.py: error <= 2x the reference's own
   error in that dtype + eps; the C++ keep mask equals fastgpt.ops.mask's bit for bit; a gradcheck;
 - fastgpt::dropout_add and its backward against the reference, keep bits equal to fastgpt.ops.mask's;
-- the sampling step (fastgpt._C.decode_step) against the model's full pass.
+- the sampling step (the op fastgpt::decode_step) against the model's full pass.
 """
 import platform
 import warnings
@@ -89,7 +89,7 @@ def check_packed_attention():
 
 
 def error_in_eps(result, exact):
-    """max |result - exact| / (1 + |exact|) in units of result's eps (2: test_dropout.py's atol = rtol = 2 eps)."""
+    """max |result - exact| / (1 + |exact|) in units of result's eps (2: test_dropout_add.py's atol = rtol = 2 eps)."""
     return ((result.double() - exact).abs() / (1 + exact.abs())).max().item() / torch.finfo(result.dtype).eps
 
 
@@ -107,12 +107,12 @@ def check_dropout_add():
             err = error_in_eps(out, reference_dropout_add(x.double(), residual.double(), 0.3, n + 5))
             dx_err = error_in_eps(dx, reference_dropout_add(x.double(), torch.zeros(n, dtype=torch.float64), 0.3, n + 5))
             line.append(f"{str(dtype)[6:]} {err:.2f}/{dx_err:.2f}")
-            assert out.dtype == dtype and err <= 2 and dx_err <= 2, f"n={n} {dtype}"  # test_dropout.py's bound
+            assert out.dtype == dtype and err <= 2 and dx_err <= 2, f"n={n} {dtype}"  # test_dropout_add.py's bound
         print(f"  n={n:<6} keep bits equal; out/dx: " + "  ".join(line))
 
 
 def check_decode_step():
-    print("fastgpt._C.decode_step (one position per call) vs the model's full pass: max |logit error|")
+    print("fastgpt::decode_step (one position per call) vs the model's full pass: max |logit error|")
     torch.manual_seed(0)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         config = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0, attention="torch")

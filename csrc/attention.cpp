@@ -1,5 +1,6 @@
-// The CPU kernels of the ops fastgpt::causal_attention, ::causal_attention_backward and their
-// packed-qkv forms (schemas, fakes and autograd: fastgpt/ops/attention.py), registered below.
+// The CPU kernels of the ops fastgpt::causal_attention, ::causal_attention_backward, their
+// packed-qkv forms and ::attention_keep_mask (schemas, fakes and autograd: fastgpt/ops/attention.py),
+// registered below.
 //
 // The kernels (attention_kernels.h) are compiled once per instruction set and the best copy the CPU
 // runs is chosen at run time (isa_copies.h). These functions check their inputs, read and write them
@@ -225,13 +226,12 @@ Tensor causal_attention_qkv_backward(const Tensor& grad_out, const Tensor& qkv, 
   return dqkv;
 }
 
-}  // namespace
-
-// The bool (B, H, T, T) keep mask that the kernels use for this seed and shape (a debug entry point).
-Tensor keep_mask(int64_t seed, int64_t B, int64_t H, int64_t T, double dropout_p) {
+// The bool (B, H, T, T) keep mask that the kernels use for this seed and shape.
+Tensor attention_keep_mask(const Tensor& seed, int64_t B, int64_t H, int64_t T, double dropout_p) {
   check_dropout_p(dropout_p);
+  TORCH_CHECK(B >= 0 && H >= 0 && T >= 0, "fastgpt._C: B, H, T must not be negative");
   Tensor mask = at::empty({B, H, T, T}, at::kBool);
-  const Dropout dr = make_dropout(dropout_p, seed);
+  const Dropout dr = make_dropout(dropout_p, seed_value(seed));
   bool* mp = mask.data_ptr<bool>();
   with_isa([&](auto kernels) {
     at::parallel_for(0, B * H * T, 64, [&](int64_t begin, int64_t end) {
@@ -241,6 +241,7 @@ Tensor keep_mask(int64_t seed, int64_t B, int64_t H, int64_t T, double dropout_p
   return mask;
 }
 
+}  // namespace
 }  // namespace fastgpt
 
 TORCH_LIBRARY_IMPL(fastgpt, CPU, m) {
@@ -248,4 +249,5 @@ TORCH_LIBRARY_IMPL(fastgpt, CPU, m) {
   m.impl("causal_attention_backward", &fastgpt::causal_attention_backward);
   m.impl("causal_attention_qkv", &fastgpt::causal_attention_qkv);
   m.impl("causal_attention_qkv_backward", &fastgpt::causal_attention_qkv_backward);
+  m.impl("attention_keep_mask", &fastgpt::attention_keep_mask);
 }

@@ -1,13 +1,11 @@
-// What the .cpp files of fastgpt._C share: the checks and conversions around the kernels, and the
-// functions module.cpp binds to Python. The ops themselves are registered with TORCH_LIBRARY_IMPL in
-// the file of their kernels; their schemas live in fastgpt/ops/.
+// What the .cpp files of fastgpt._C share: the checks and conversions around the kernels. The ops
+// are registered with TORCH_LIBRARY_IMPL in the file of their kernels (csrc/<op>.cpp); their schemas
+// live in fastgpt/ops/<op>.py.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
-#include <string>
-#include <vector>
 
 namespace fastgpt {
 
@@ -34,12 +32,5 @@ inline int64_t seed_value(const at::Tensor& seed) {
   TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong, "fastgpt._C: the seed must be one int64");
   return seed.item<int64_t>();
 }
-
-// attention.cpp
-at::Tensor keep_mask(int64_t seed, int64_t B, int64_t H, int64_t T, double dropout_p);
-// decode.cpp
-at::Tensor decode_step(const at::Tensor& tokens, int64_t pos, const std::vector<at::Tensor>& params,
-                       const std::vector<at::Tensor>& scales, const std::vector<at::Tensor>& cache, int64_t n_head,
-                       double eps);
 
 }  // namespace fastgpt

@@ -1,7 +1,6 @@
 // fastgpt._C, the Python module: importing it registers the CPU kernels of every fastgpt op
-// (TORCH_LIBRARY_IMPL in attention.cpp and dropout.cpp; fastgpt/ops/cpu.py is the one importer) and
-// binds what is not an op: the instruction-set choice, how it was built, the attention dropout mask and
-// the sampling step.
+// (TORCH_LIBRARY_IMPL in csrc/<op>.cpp: attention, dropout_add, decode; fastgpt/ops/cpu.py is the one
+// importer) and binds what is not an op: the instruction-set choice and how it was built.
 #include <torch/extension.h>
 
 #include <string>
@@ -57,12 +56,9 @@ pybind11::dict build_info() {
 }  // namespace fastgpt
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastgpt's CPU kernels: every op's CPU kernel is registered on import; the sampling step";
-  m.def("keep_mask", &fastgpt::keep_mask, "(seed, B, H, T, dropout_p) -> bool (B, H, T, T) attention keep mask");
+  m.doc() = "fastgpt's CPU kernels: every op's CPU kernel is registered on import; the instruction-set choice";
   m.def("instruction_set", &fastgpt::instruction_set, "the instruction set the kernels use on this CPU");
   m.def("set_instruction_set", &fastgpt::set_instruction_set,
         "run the kernels compiled for this instruction set (baseline, avx2+fma, avx512), at most the CPU's best");
   m.def("build_info", &fastgpt::build_info, "{compiler, openmp, copies}: how this module was built");
-  m.def("decode_step", &fastgpt::decode_step,
-        "(tokens, pos, params, scales, cache, n_head, eps) -> logits (N, vocab): one sampling step");
 }

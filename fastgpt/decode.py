@@ -1,7 +1,7 @@
 """The sampling steps in one call: new positions of each sequence through the whole model, one after
-the other, their keys and values appended to the `KVCache`, by the C++ extension
-(`fastgpt._C.decode_step`, csrc/decode.cpp). One position per drawn token inside the block; a whole
-window when the exact window refills the cache past it.
+the other, their keys and values appended to the `KVCache`, by the op fastgpt::decode_step
+(fastgpt/ops/decode.py; its kernel, csrc/decode.cpp, runs on CPU). One position per drawn token
+inside the block; a whole window when the exact window refills the cache past it.
 
 At a few sequences a step reads every weight once for two flops each (~43 MB at the lecture's
 GPU size in float32), so memory bandwidth is the limit; the PyTorch modules spend most of a step on
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fastgpt.ops import cpu
+from fastgpt.ops.decode import decode_step
 
 DTYPES = ("bfloat16", "int8")  # besides None: the model's own weights
 
@@ -67,35 +68,39 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     return torch.round(weight / scale[:, None]).to(torch.int8), scale.contiguous()
 
 
-def pack(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
-    """The model's tensors in the order csrc/decode.cpp reads them, weight matrices in `dtype`,
-    and the int8 row scales (one per matrix, the head's last; none otherwise)."""
-    scales: list[Tensor] = []
+def pack(model, dtype: Optional[str]) -> dict[str, Tensor | list[Tensor] | None]:
+    """The model's tensors as the op fastgpt::decode_step names them (its schema:
+    fastgpt/ops/decode.py), weight matrices in `dtype`, with their row scales where it is int8."""
 
-    def matrix(linear) -> Tensor:
+    def matrix(linear) -> tuple[Tensor, Optional[Tensor]]:
         weight = linear.weight.detach()
         if dtype == "bfloat16":
-            return weight.to(torch.bfloat16).contiguous()
+            return weight.to(torch.bfloat16).contiguous(), None
         if dtype == "int8":
-            quantized, scale = quantize_int8(weight)
-            scales.append(scale)
-            return quantized
-        return weight.contiguous()
+            return quantize_int8(weight)
+        return weight.contiguous(), None
 
     def vector(p) -> Tensor:
         return p.detach().contiguous()
 
-    params = [vector(model.token_embedding.weight), vector(model.position_embedding.weight),
-              vector(model.ln_f.weight), vector(model.ln_f.bias), None, vector(model.lm_head.bias)]
-    for block in model.blocks:
-        attn, mlp = block.attn, block.mlp
-        assert attn.qkv.bias is None, "the qkv projection has no bias"
-        params += [vector(block.ln1.weight), vector(block.ln1.bias), matrix(attn.qkv),
-                   matrix(attn.proj), vector(attn.proj.bias), vector(block.ln2.weight),
-                   vector(block.ln2.bias), matrix(mlp.fc), vector(mlp.fc.bias), matrix(mlp.proj),
-                   vector(mlp.proj.bias)]
-    params[4] = matrix(model.lm_head)  # packed last: its scales come last
-    return params, scales
+    blocks = list(model.blocks)
+    assert all(block.attn.qkv.bias is None for block in blocks), "the qkv projection has no bias"
+    tensors: dict = {f"{norm}_{p}": [vector(getattr(getattr(block, norm), p)) for block in blocks]
+                     for norm in ("ln1", "ln2") for p in ("weight", "bias")}
+    for name, linears in (("qkv", [block.attn.qkv for block in blocks]),
+                          ("attn_proj", [block.attn.proj for block in blocks]),
+                          ("fc", [block.mlp.fc for block in blocks]),
+                          ("mlp_proj", [block.mlp.proj for block in blocks])):
+        weights, scales = zip(*map(matrix, linears))
+        tensors[f"{name}_weight"] = list(weights)
+        tensors[f"{name}_scale"] = list(scales) if dtype == "int8" else []
+        if name != "qkv":
+            tensors[f"{name}_bias"] = [vector(linear.bias) for linear in linears]
+    head_weight, head_scale = matrix(model.lm_head)
+    return {**tensors, "token_embedding": vector(model.token_embedding.weight),
+            "position_embedding": vector(model.position_embedding.weight), "ln_f_weight": vector(model.ln_f.weight),
+            "ln_f_bias": vector(model.ln_f.bias), "head_weight": head_weight, "head_scale": head_scale,
+            "head_bias": vector(model.lm_head.bias)}
 
 
 # Packed narrow weights of each model, reused by later generations while every parameter is the
@@ -103,7 +108,7 @@ def pack(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
 _packed: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def packed(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
+def packed(model, dtype: Optional[str]) -> dict[str, Tensor | list[Tensor] | None]:
     if dtype is None:
         return pack(model, dtype)  # views of the parameters: nothing to keep
     state = tuple((p.data_ptr(), p._version) for p in model.parameters())
@@ -114,7 +119,7 @@ def packed(model, dtype: Optional[str]) -> tuple[list[Tensor], list[Tensor]]:
 
 
 class Decoder:
-    """The model's tensors packed for `fastgpt._C.decode_step`, bound to one cache; calling it on
+    """The model's tensors packed for the op fastgpt::decode_step, bound to one cache; calling it on
     tokens (B,) or (B, L) takes one step per position, in one call."""
 
     def __init__(self, model, cache, dtype: Optional[str] = None):
@@ -123,12 +128,14 @@ class Decoder:
         norms = [model.ln_f] + [norm for block in model.blocks for norm in (block.ln1, block.ln2)]
         assert len({norm.eps for norm in norms}) == 1, "one LayerNorm eps for the whole model"
         self.eps = norms[0].eps
-        self.params, self.scales = packed(model, dtype)
-        self.kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        self.tensors = packed(model, dtype)
+        self.keys = [layer.keys for layer in cache.layers]
+        self.values = [layer.values for layer in cache.layers]
 
     def __call__(self, tokens: Tensor) -> Tensor:
         pos = self.cache.length
-        logits = cpu.extension.decode_step(tokens, pos, self.params, self.scales, self.kv, self.n_head, self.eps)
+        logits = decode_step(tokens, pos, **self.tensors, keys=self.keys, values=self.values, n_head=self.n_head,
+                             eps=self.eps)
         for layer in self.cache.layers:
             layer.length = pos + (tokens.size(1) if tokens.dim() == 2 else 1)
         return logits

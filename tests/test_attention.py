@@ -2,17 +2,18 @@
 
 The fused backends are the registered op `fastgpt::causal_attention` with a device's kernels: `cpp`
 (the C++ kernels, CPU) and `triton` (the Triton kernels: compiled on CUDA; without a GPU, run in
-Triton's interpreter on CPU tensors, registered as the ops' CPU kernels for the test by the
-`fused` fixture, through the code that registers them for CUDA). Outputs and gradients are compared with a float64 reference that applies the
-backend's own dropout mask; the FlashAttention rule: a kernel's error against float64 is within
-2x the error of the PyTorch reference run in the same dtype. Every buffer torch allocates starts as
-NaN (deterministic mode), so an output element a kernel forgets to write shows up.
+Triton's interpreter on CPU tensors), run by the `fused` fixture of tests/fused_kernels.py. Outputs
+and gradients are compared with a float64 reference that applies the backend's own dropout mask;
+the FlashAttention rule: a kernel's error against float64 is within 2x the error of the PyTorch
+reference run in the same dtype. Every buffer torch allocates starts as NaN (deterministic mode),
+so an output element a kernel forgets to write shows up.
 """
 import math
 import os
 import subprocess
 import sys
 import warnings
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
 import fastgpt.attention
+from fused_kernels import DEVICE, FUSED, FUSED_PARAMS, cpp_instruction_set, device_of, fused, why_not  # noqa: F401
 from triton_cpu import INTERPRETED, ON_CUDA, triton_kernels_on_cpu
 from fastgpt import ops
 from fastgpt.attention import (backend_status, causal_attention, causal_attention_qkv, dropout_keep_mask,
@@ -31,26 +33,7 @@ from fastgpt.model import GPT, GPTConfig
 from fastgpt.ops import cpu, cuda
 from fastgpt.ops import mask as philox
 
-DEVICE = "cuda" if ON_CUDA else "cpu"
-FUSED = ("cpp", "triton")
-# A fused backend as a test parameter: the Triton kernels are the CUDA ones (the `cuda` marker).
-FUSED_PARAMS = [pytest.param(b, marks=pytest.mark.cuda) if b == "triton" else b for b in FUSED]
 SEED = 2**62 - 12345  # a 64-bit seed: both key words of Philox matter
-
-
-def why_not(backend: str) -> str | None:
-    """Why this module cannot test `backend` here (None when it can)."""
-    if backend == "cpp":
-        return cpu.unsupported("cpu", torch.float32, 8)
-    if cuda.missing is not None:
-        return cuda.missing
-    if not (ON_CUDA or INTERPRETED):
-        return "no CUDA GPU, and TRITON_INTERPRET=1 was not set before fastgpt was imported"
-    return None
-
-
-def device_of(backend: str) -> str:
-    return "cpu" if backend == "cpp" else DEVICE
 
 
 def takes(backend: str, dtype: torch.dtype) -> str | None:
@@ -62,20 +45,6 @@ def takes(backend: str, dtype: torch.dtype) -> str | None:
     if INTERPRETED and not ON_CUDA and dtype == torch.bfloat16:
         return "Triton's interpreter computes bfloat16 dot products wrongly (triton 3.9)"
     return None
-
-
-@pytest.fixture(params=FUSED_PARAMS)
-def fused(request):
-    """A fused backend's name, with its kernels registered for the device its tests use."""
-    backend = request.param
-    reason = why_not(backend)
-    if reason is not None:
-        pytest.skip(f"{backend}: {reason}")
-    if backend == "triton" and not ON_CUDA:
-        with triton_kernels_on_cpu():  # the ops' CPU key belongs to the C++ kernels, for this test to Triton's
-            yield backend
-    else:
-        yield backend
 
 
 @pytest.fixture(autouse=True)
@@ -196,6 +165,16 @@ def test_fused_takes_the_models_strided_views(fused, p):
     qkv = make_qkv(2, 3, 45, 16, device=device_of(fused), packed=True)
     assert not qkv[0].is_contiguous()
     assert_as_accurate_as_reference(fused_attention, fused, qkv, p, torch.float32)
+
+
+def test_fused_takes_q_k_v_of_different_strides(fused):
+    """q, k, v that share no strides are read as contiguous copies (csrc/attention.cpp's
+    readable_qkv; the Triton launchers' _shared_strides)."""
+    B, H, T, D = 2, 3, 29, 16
+    q, v = make_qkv(B, H, T, D, torch.float32, device_of(fused))[::2]
+    k = torch.randn(B, T, H, D, device=device_of(fused)).transpose(1, 2)  # (B, H, T, D), other strides
+    assert q.stride() != k.stride()
+    assert_as_accurate_as_reference(fused_attention, fused, [q, k, v], 0.2, torch.float32)
 
 
 @settings(max_examples=25, deadline=None)
@@ -373,6 +352,14 @@ def test_every_backend_draws_the_reference_mask(fused, seed, shape, p):
     assert torch.equal(ours.cpu(), dropout_keep_mask(seed, *shape, p))
 
 
+def test_fused_keep_mask_opcheck(fused):
+    seed = torch.tensor(SEED, device=device_of(fused))
+    mask = ops.attention_keep_mask(seed, 2, 3, 37, 0.3)
+    assert mask.device.type == device_of(fused)
+    assert torch.equal(mask.cpu(), philox.attention_keep_mask(SEED, 2, 3, 37, 0.3))
+    torch.library.opcheck(ops.attention_keep_mask, (seed, 2, 3, 37, 0.3))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", MASK_SHAPES, ids=shape_id)
 def test_triton_draws_the_cpp_mask(shape):
@@ -382,22 +369,9 @@ def test_triton_draws_the_cpp_mask(shape):
         if why_not(backend):
             pytest.skip(f"{backend}: {why_not(backend)}")
     for seed, p in ((0, 0.2), (SEED, 0.5)):
-        assert torch.equal(dropout_keep_mask(seed, *shape, p, backend="triton").cpu(),
-                           dropout_keep_mask(seed, *shape, p, backend="cpp"))
-
-
-@pytest.fixture(params=["baseline", "avx2+fma", "avx512"])
-def cpp_instruction_set(request):
-    """Runs a test with each copy of the C++ kernels this CPU can run."""
-    if why_not("cpp"):
-        pytest.skip(why_not("cpp"))
-    best = cpu.instruction_set()
-    try:
-        cpu.set_instruction_set(request.param)
-    except RuntimeError:
-        pytest.skip(f"this CPU does not run {request.param}")
-    yield request.param
-    cpu.set_instruction_set(best)
+        cpp = dropout_keep_mask(seed, *shape, p, backend="cpp")
+        with nullcontext() if ON_CUDA else triton_kernels_on_cpu():
+            assert torch.equal(dropout_keep_mask(seed, *shape, p, backend="triton").cpu(), cpp)
 
 
 @pytest.mark.parametrize("shape", MASK_SHAPES, ids=shape_id)

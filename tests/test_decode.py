@@ -1,4 +1,5 @@
-"""The one-call sampling step (fastgpt.decode, csrc/decode.cpp) against the model's own passes.
+"""The one-call sampling step, the op fastgpt::decode_step (fastgpt/ops/decode.py, csrc/decode.cpp,
+called by fastgpt.decode), against the model's own passes, and opcheck of the op.
 
 Its logits are the full pass's up to summation order (float64 ~1e-15, float32 ~1e-6), so greedy
 decoding gives the lecture's characters; bfloat16 and int8 weights move the logits by more, and
@@ -10,8 +11,9 @@ import torch
 from lecture_gpt import GPTLanguageModel
 from clitools import needs_cpp
 from fastgpt.convert import gpt_from_lecture
-from fastgpt.decode import Decoder, cached_steps, unsupported
+from fastgpt.decode import Decoder, cached_steps, packed, unsupported
 from fastgpt.model import GPT, GPTConfig
+from fastgpt import ops
 from fastgpt.ops import cpu
 
 
@@ -167,3 +169,33 @@ def test_narrow_weights_follow_changes_to_the_model():
         model.lm_head.weight.mul_(10)  # in place, as an optimizer step
     torch.testing.assert_close(step_logits(model, idx, "bfloat16"), full_logits(model, idx), rtol=0.02,
                                atol=0.02)
+
+
+def op_arguments(model, cache, dtype=None) -> dict:
+    """The op's keyword arguments for `model` and `cache`, as fastgpt.decode passes them."""
+    return dict(packed(model, dtype), keys=[layer.keys for layer in cache.layers],
+                values=[layer.values for layer in cache.layers], n_head=model.config.n_head, eps=model.ln_f.eps)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [None, "bfloat16", "int8"])
+def test_opcheck(dtype):
+    """The schema (the cache lists written in place, nothing else), the fake and tracing, with the
+    model's tensors as fastgpt.decode names them, for each kind of weights."""
+    model = model_of(torch.float32)
+    cache = model.kv_cache(2)
+    with torch.no_grad():
+        model(torch.randint(0, 13, (2, 3)), cache=cache)
+    kwargs = op_arguments(model, cache, dtype)
+    assert (kwargs["head_scale"] is not None) == (dtype == "int8")
+    torch.library.opcheck(ops.decode_step, (torch.randint(0, 13, (2, 2)), 3), kwargs)
+
+
+@needs_cpp
+def test_the_op_refuses_lists_of_another_length():
+    model = model_of(torch.float32)
+    cache = model.kv_cache(1)
+    kwargs = op_arguments(model, cache)
+    kwargs["fc_bias"] = kwargs["fc_bias"][:1]
+    with pytest.raises(RuntimeError, match="one tensor per layer"):
+        ops.decode_step(torch.zeros(1, dtype=torch.long), 0, **kwargs)

@@ -38,5 +38,5 @@ def test_the_wheel_holds_every_module_the_corpus_and_the_extension(tmp_path):
 def test_the_tests_run_the_installed_package():
     package = Path(fastgpt.__file__).resolve().parent
     assert ROOT not in package.parents, f"fastgpt was imported from the checkout ({package}), not the install"
-    assert (package / "kernels" / "flash_attention.py").is_file()
+    assert (package / "kernels" / "attention.py").is_file()
     assert list(package.glob("_C.*"))

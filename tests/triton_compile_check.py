@@ -7,10 +7,11 @@ non-zero naming the target, kernel and dtype of the first that fails.
 What is compiled, for each target and each dtype it has (float16 and float32 on sm_75, which has
 no bfloat16; bfloat16, float16 and float32 on sm_80 and sm_90), fp32 with IEEE dots as the
 launchers pass it:
-- forward, dK/dV and dQ at the first (largest) tile config of their autotuning list with dropout
-  on and head size 64, and at the last (smallest) with dropout off and head size 128; fp32 takes
-  the largest tiles on sm_80 only and the smallest (with dropout, head size 64) elsewhere: its
-  dots are FMA loops, the same code on every target, and the slowest compiles here (10-17 s each);
+- forward, dK/dV and dQ (the backward kernel with KEY_TILES on and off) at the first (largest) tile
+  config of their autotuning list with dropout on and head size 64, and at the last (smallest) with
+  dropout off and head size 128; fp32 takes the largest tiles on sm_80 only and the smallest (with
+  dropout, head size 64) elsewhere: its dots are FMA loops, the same code on every target, and the
+  slowest compiles here (10-17 s each);
 - delta at head sizes 64 and 128, dropout_add with and without a residual;
 - the keep-mask kernel once per target (its output is bytes, whatever the dtype).
 The full product (6 configs × dropout on/off × 2 head sizes × 8 target-dtypes, 3 kernels) is
@@ -36,7 +37,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from fastgpt.kernels import dropout_add  # noqa: E402
-from fastgpt.kernels import flash_attention as kernels  # noqa: E402
+from fastgpt.kernels import attention as kernels  # noqa: E402
 
 # name: (capability, dtypes, the most shared memory a block may have (opt-in), in bytes)
 TARGETS = {
@@ -78,10 +79,10 @@ def compiles() -> list[tuple]:
             for pick, dropout, head_size in ((largest, True, 64), (-1, False, 128)):
                 constexprs = dict(HEAD_DIM=head_size, BLOCK_D=head_size, DROPOUT=dropout,
                                   DOT_PRECISION=precision)
-                for name, configs in (("_forward_kernel", kernels._ROW_TILES),
-                                      ("_dkdv_kernel", kernels._COLUMN_TILES),
-                                      ("_dq_kernel", kernels._ROW_TILES)):
-                    jobs.append((target, name, dtype, constexprs, configs[pick], pick == -1))
+                for name, configs, branch in (("_forward_kernel", kernels._ROW_TILES, {}),
+                                              ("_dkdv_kernel", kernels._COLUMN_TILES, {"KEY_TILES": True}),
+                                              ("_dq_kernel", kernels._ROW_TILES, {"KEY_TILES": False})):
+                    jobs.append((target, name, dtype, constexprs | branch, configs[pick], pick == -1))
                 jobs.append((target, "_delta_kernel", dtype,
                              dict(HEAD_DIM=head_size, BLOCK_D=head_size, BLOCK_M=64), ONE_PROGRAM, True))
                 jobs.append((target, "_dropout_add_kernel", dtype,

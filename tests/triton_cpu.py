@@ -9,7 +9,7 @@ import torch
 from fastgpt.ops import cuda
 
 ON_CUDA = torch.cuda.is_available()
-INTERPRETED = cuda.missing is None and cuda.kernels("flash_attention").INTERPRETED
+INTERPRETED = cuda.missing is None and cuda.kernels("attention").INTERPRETED
 
 
 @contextmanager

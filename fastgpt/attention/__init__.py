@@ -46,7 +46,7 @@ class Backend:
     attend: Callable[[Tensor, Tensor, Tensor, float, Optional[Tensor]], Tensor]
     # the same on the packed layout: (qkv (B, T, 3C), n_head, dropout_p, seed or None) -> (B, T, C)
     attend_qkv: Callable[[Tensor, int, float, Optional[Tensor]], Tensor]
-    # (seed, B, H, T, p) -> the bool keep-mask its kernels draw; None: it draws no such mask
+    # (seed, B, H, T, p) -> the bool keep-mask its kernels draw; None: it draws no mask of its own
     keep_mask: Optional[Callable[[int, int, int, int, float], Tensor]] = None
     # Why `auto` passes it over on this device type although it can run, or None
     slower: Callable[[str], Optional[str]] = lambda device_type: None
@@ -189,16 +189,15 @@ def backend_status(device_type: str, dtype: torch.dtype = torch.float32,
 
 
 def dropout_keep_mask(seed: int, B: int, H: int, T: int, p: float, backend: str = "torch") -> Tensor:
-    """The bool (B, H, T, T) keep-mask that `backend`'s kernels use for this seed and shape.
-    Entry (b, h, i, j) is kept iff its 16-bit draw, the (j % 8)-th 16-bit piece of Philox-4x32-7
-    at counter (j // 8, i, b·H + h) (see `reference`), is >= round(p·2**16); kept weights are
-    scaled by dropout_keep_scale(p) = 1/(1 - p_eff). Every backend that draws one gives the same mask."""
-    if backend not in _BACKENDS or backend == "sdpa":
-        raise ValueError(f"no dropout mask for backend {backend!r}: choose torch, cpp or triton")
-    make = _BACKENDS[backend].keep_mask
+    """The bool (B, H, T, T) keep-mask that `backend`'s kernels use for this seed and shape: the
+    reference's (`fastgpt.ops.mask.attention_keep_mask`) for torch, the op
+    fastgpt::attention_keep_mask on the kernels' device for cpp and triton. Entry (b, h, i, j) is kept
+    iff its 16-bit draw, the (j % 8)-th 16-bit piece of Philox-4x32-7 at counter (j // 8, i, b·H + h),
+    is >= round(p·2**16); kept weights are scaled by dropout_keep_scale(p) = 1/(1 - p_eff). Every
+    backend that draws one gives the same mask."""
+    make = _BACKENDS[backend].keep_mask if backend in _BACKENDS else None
     if make is None:
-        raise RuntimeError(f"the {backend} backend is off: "
-                           f"{_BACKENDS[backend].unsupported('cpu', torch.float32, 8)}")
+        raise ValueError(f"no dropout mask for backend {backend!r}: choose torch, cpp or triton")
     return make(seed, B, H, T, p)
 
 

@@ -1,5 +1,5 @@
 """The ops `fastgpt::causal_attention` and `fastgpt::causal_attention_qkv`: schemas, fakes and
-autograd (kernels: csrc/attention.cpp on CPU, kernels/flash_attention.py on CUDA).
+autograd (kernels: csrc/attention.cpp on CPU, kernels/attention.py on CUDA).
 
 The forward returns the output and the row logsumexp of the scaled, masked scores; the backward is
 a second op, `fastgpt::causal_attention_backward`, that recomputes the probabilities from q, k and
@@ -9,35 +9,37 @@ seed in the backward.
 `causal_attention_qkv` is the same attention on the model's own layout (`layout.py`): it takes the
 fused qkv projection (B, T, 3C) and returns (B, T, C), which the output projection reads as is; its
 backward returns one (B, T, 3C) gradient.
+
+`attention_keep_mask` makes the dropout mask itself, the one the kernels regenerate (no autograd:
+a bool tensor), for tests and for comparing devices.
 """
 import torch
-from torch import Tensor
 
-from fastgpt.ops.library import LIBRARY
+from fastgpt.ops.library import LIBRARY, define
 
-FORWARD = "fastgpt::causal_attention"
-BACKWARD = "fastgpt::causal_attention_backward"
-FORWARD_QKV = "fastgpt::causal_attention_qkv"
-BACKWARD_QKV = "fastgpt::causal_attention_qkv_backward"
-
-LIBRARY.define("causal_attention(Tensor q, Tensor k, Tensor v, float dropout_p, Tensor seed) "
-               "-> (Tensor, Tensor)")
-LIBRARY.define("causal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
-               "Tensor lse, float dropout_p, Tensor seed) -> (Tensor, Tensor, Tensor)")
-LIBRARY.define("causal_attention_qkv(Tensor qkv, int n_head, float dropout_p, Tensor seed) -> (Tensor, Tensor)")
-LIBRARY.define("causal_attention_qkv_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, int n_head, "
-               "float dropout_p, Tensor seed) -> Tensor")
-
-
-# The ops as Python calls them: OpOverloads, called without a Python frame of ours.
 # (out (B, H, T, D) in q's dtype, logsumexp (B, H, T) in the accumulate dtype)
-causal_attention = torch.ops.fastgpt.causal_attention.default
+causal_attention = define(
+    "causal_attention(Tensor q, Tensor k, Tensor v, float dropout_p, Tensor seed) -> (Tensor, Tensor)",
+    launcher=("attention", "flash_attention_forward"))
 # (dq, dk, dv), recomputing the probabilities from q, k and the saved logsumexp
-causal_attention_backward = torch.ops.fastgpt.causal_attention_backward.default
+causal_attention_backward = define(
+    "causal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+    "float dropout_p, Tensor seed) -> (Tensor, Tensor, Tensor)",
+    launcher=("attention", "flash_attention_backward"))
 # (out (B, T, C) in qkv's dtype, logsumexp (B, H, T) in the accumulate dtype)
-causal_attention_qkv = torch.ops.fastgpt.causal_attention_qkv.default
+causal_attention_qkv = define(
+    "causal_attention_qkv(Tensor qkv, int n_head, float dropout_p, Tensor seed) -> (Tensor, Tensor)",
+    launcher=("attention", "flash_attention_forward_qkv"))
 # the gradient of qkv (B, T, 3C), recomputing the probabilities from the saved logsumexp
-causal_attention_qkv_backward = torch.ops.fastgpt.causal_attention_qkv_backward.default
+causal_attention_qkv_backward = define(
+    "causal_attention_qkv_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, int n_head, "
+    "float dropout_p, Tensor seed) -> Tensor",
+    launcher=("attention", "flash_attention_backward_qkv"))
+# The bool (B, H, T, T) keep-mask the kernels draw for this seed and shape (`mask.attention_keep_mask`),
+# made on the seed's device: what `fastgpt.attention.dropout_keep_mask` shows of a fused backend.
+attention_keep_mask = define(
+    "attention_keep_mask(Tensor seed, int B, int H, int T, float dropout_p) -> Tensor",
+    launcher=("attention", "keep_mask"))
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -48,12 +50,12 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # The fakes give contiguous outputs, as the kernels do: torch.empty_like would copy the strides of a
 # transposed q, and torch.compile would then drop the `.contiguous()` the model needs before `.view`.
-@torch.library.register_fake(FORWARD, lib=LIBRARY)
+@torch.library.register_fake(causal_attention, lib=LIBRARY)
 def _(q, k, v, dropout_p, seed):
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=accumulate_dtype(q.dtype))
 
 
-@torch.library.register_fake(BACKWARD, lib=LIBRARY)
+@torch.library.register_fake(causal_attention_backward, lib=LIBRARY)
 def _(grad_out, q, k, v, out, lse, dropout_p, seed):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
@@ -72,16 +74,16 @@ def _backward(ctx, grad_out, grad_lse):
     return dq, dk, dv, None, None
 
 
-torch.library.register_autograd(FORWARD, _backward, setup_context=_setup_context, lib=LIBRARY)
+torch.library.register_autograd(causal_attention, _backward, setup_context=_setup_context, lib=LIBRARY)
 
 
-@torch.library.register_fake(FORWARD_QKV, lib=LIBRARY)
+@torch.library.register_fake(causal_attention_qkv, lib=LIBRARY)
 def _(qkv, n_head, dropout_p, seed):
     B, T, C3 = qkv.shape
     return qkv.new_empty(B, T, C3 // 3), qkv.new_empty(B, n_head, T, dtype=accumulate_dtype(qkv.dtype))
 
 
-@torch.library.register_fake(BACKWARD_QKV, lib=LIBRARY)
+@torch.library.register_fake(causal_attention_qkv_backward, lib=LIBRARY)
 def _(grad_out, qkv, out, lse, n_head, dropout_p, seed):
     return qkv.new_empty(qkv.shape)
 
@@ -99,4 +101,9 @@ def _backward_qkv(ctx, grad_out, grad_lse):
     return dqkv, None, None, None
 
 
-torch.library.register_autograd(FORWARD_QKV, _backward_qkv, setup_context=_setup_context_qkv, lib=LIBRARY)
+torch.library.register_autograd(causal_attention_qkv, _backward_qkv, setup_context=_setup_context_qkv, lib=LIBRARY)
+
+
+@torch.library.register_fake(attention_keep_mask, lib=LIBRARY)
+def _(seed, B, H, T, dropout_p):
+    return seed.new_empty(B, H, T, T, dtype=torch.bool)

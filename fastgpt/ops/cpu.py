@@ -1,7 +1,7 @@
 """The CPU kernels of every op: the C++ extension fastgpt._C (csrc/).
 
 Importing the extension registers its kernels for every op in `library.OPS` (TORCH_LIBRARY_IMPL in
-csrc/), with the outputs allocated in C++: the dispatcher calls them with no Python in between.
+csrc/<op>.cpp), with the outputs allocated in C++: the dispatcher calls them with no Python in between.
 This module is the one place that imports it; without it (not built, or a broken build) nothing is
 registered and `missing` says why.
 """
@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from fastgpt.ops.attention import attention_keep_mask
 
 try:
     from fastgpt import _C as extension
@@ -61,7 +63,8 @@ def set_instruction_set(name: str) -> None:
 
 
 def keep_mask(seed: int, B: int, H: int, T: int, p: float) -> Tensor:
-    """The bool (B, H, T, T) attention keep-mask the C++ kernels draw."""
+    """The bool (B, H, T, T) attention keep-mask the C++ kernels draw: the op
+    fastgpt::attention_keep_mask on the CPU."""
     if extension is None:
         raise RuntimeError(missing)
-    return extension.keep_mask(seed, B, H, T, p)
+    return attention_keep_mask(torch.tensor(seed, dtype=torch.int64), B, H, T, p)

@@ -1,9 +1,10 @@
-"""The CUDA kernels of every op: the Triton launchers of kernels/ (installed as fastgpt.kernels).
+"""The CUDA kernels of the ops: the Triton launchers of kernels/ (installed as fastgpt.kernels).
 
-`LAUNCHERS` names each op's launcher; `register` makes them the ops' kernels for a device type. On
-import they are registered for CUDA, but Triton itself is imported at the first call of a launcher,
-so a command on a machine without CUDA never imports it. Under TRITON_INTERPRET=1 the tests register
-these same launchers for CPU tensors (Triton's interpreter) through `register`.
+Each op names its launcher where it is defined (`library.define`; an op that runs on CPU only names
+none); `register` makes them the ops' kernels for a device type. On import they are registered for
+CUDA, but Triton itself is imported at the first call of a launcher, so a command on a machine
+without CUDA never imports it. Under TRITON_INTERPRET=1 the tests register these same launchers for
+CPU tensors (Triton's interpreter) through `register`.
 """
 import functools
 import importlib
@@ -13,18 +14,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from fastgpt.ops.library import LIBRARY, OPS
-
-# op -> (module of fastgpt.kernels, launcher), each launcher with its op's schema
-LAUNCHERS = {
-    "fastgpt::causal_attention": ("flash_attention", "flash_attention_forward"),
-    "fastgpt::causal_attention_backward": ("flash_attention", "flash_attention_backward"),
-    "fastgpt::causal_attention_qkv": ("flash_attention", "flash_attention_forward_qkv"),
-    "fastgpt::causal_attention_qkv_backward": ("flash_attention", "flash_attention_backward_qkv"),
-    "fastgpt::dropout_add": ("dropout_add", "dropout_add"),
-    "fastgpt::dropout_add_backward": ("dropout_add", "dropout_add_backward"),
-}
-assert set(LAUNCHERS) == set(OPS), "every op has a CUDA kernel"
+from fastgpt.ops.attention import attention_keep_mask
+from fastgpt.ops.library import LIBRARY, OPS, Launcher
 
 missing: Optional[str] = None if importlib.util.find_spec("triton") else \
     "Triton is not installed; `pip install triton` on Linux with a CUDA GPU"
@@ -42,9 +33,14 @@ def _launch_function(module: str, name: str) -> Callable:
     return getattr(kernels(module), name)
 
 
+def launchers() -> dict[str, Launcher]:
+    """Every op with a CUDA kernel, and its launcher."""
+    return {op: launcher for op, launcher in OPS.items() if launcher is not None}
+
+
 def launcher(op: str) -> Callable:
     """`op`'s launcher, importing its kernels at the first call (looked up once, not per call)."""
-    module, name = LAUNCHERS[op]
+    module, name = launchers()[op]
 
     def launch(*args):
         return _launch_function(module, name)(*args)
@@ -54,8 +50,8 @@ def launcher(op: str) -> Callable:
 
 
 def register(device_type: str = "cuda", lib: torch.library.Library = LIBRARY) -> None:
-    """Make the launchers every op's kernels for `device_type` (for as long as `lib` lives)."""
-    for op in OPS:
+    """Make the launchers the ops' kernels for `device_type` (for as long as `lib` lives)."""
+    for op in launchers():
         torch.library.register_kernel(op, device_type, launcher(op), lib=lib)
 
 
@@ -65,7 +61,7 @@ def unsupported(device_type: str, dtype: torch.dtype, head_size: int) -> Optiona
         return missing
     if device_type != "cuda":
         return f"the Triton kernels run on CUDA tensors, not {device_type}"
-    attention = kernels("flash_attention")
+    attention = kernels("attention")
     if dtype not in attention.SUPPORTED_DTYPES:
         return f"dtype {dtype} is not one of {', '.join(str(d) for d in attention.SUPPORTED_DTYPES)}"
     if head_size > attention.MAX_HEAD_SIZE:
@@ -89,14 +85,15 @@ def slower_than_sdpa(device_type: str) -> Optional[str]:
 
 
 def keep_mask(seed: int, B: int, H: int, T: int, p: float) -> Tensor:
-    """The bool (B, H, T, T) attention keep-mask the Triton kernels draw, made by a Triton kernel on
-    CUDA (or on the CPU in Triton's interpreter)."""
-    attention = kernels("flash_attention")
-    device = "cpu" if attention.INTERPRETED else "cuda"
+    """The bool (B, H, T, T) attention keep-mask the Triton kernels draw: the op
+    fastgpt::attention_keep_mask on CUDA. In Triton's interpreter (TRITON_INTERPRET=1 set before
+    fastgpt is imported) on the CPU instead, where it runs the CPU kernel that is registered: the
+    Triton one inside tests/triton_cpu.py's `triton_kernels_on_cpu`."""
+    device = "cpu" if kernels("attention").INTERPRETED else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("the Triton dropout mask needs a CUDA GPU (or TRITON_INTERPRET=1 set "
                            "before fastgpt is imported, to run the kernel in Triton's interpreter)")
-    return attention.keep_mask(seed, B, H, T, p, device)
+    return attention_keep_mask(torch.tensor(seed, dtype=torch.int64, device=device), B, H, T, p)
 
 
 if missing is None:

@@ -1,5 +1,5 @@
 """The op `fastgpt::dropout_add`: residual dropout fused with the residual add, schema, fake and
-autograd (kernels: csrc/dropout.cpp on CPU, kernels/dropout_add.py on CUDA).
+autograd (kernels: csrc/dropout_add.cpp on CPU, kernels/dropout_add.py on CUDA).
 
 The lecture drops the output of each block's attention projection and MLP before adding it to the
 residual stream (`x + dropout(proj(...))`): with `nn.Dropout` that is a bernoulli draw, a mask
@@ -10,26 +10,22 @@ n a pure function of the seed and n (`mask.residual_keep_mask`); the backward op
 """
 import torch
 
-from fastgpt.ops.library import LIBRARY
-
-FORWARD = "fastgpt::dropout_add"
-BACKWARD = "fastgpt::dropout_add_backward"
+from fastgpt.ops.library import LIBRARY, define
 
 # Computed in the promoted dtype of x and residual.
-LIBRARY.define("dropout_add(Tensor x, Tensor residual, float dropout_p, Tensor seed) -> Tensor")
+dropout_add = define("dropout_add(Tensor x, Tensor residual, float dropout_p, Tensor seed) -> Tensor",
+                     launcher=("dropout_add", "dropout_add"))
 # The gradient for x: grad·keep·keep_scale, the forward's keep bits regenerated from the seed.
-LIBRARY.define("dropout_add_backward(Tensor grad, float dropout_p, Tensor seed) -> Tensor")
-
-dropout_add = torch.ops.fastgpt.dropout_add.default
-dropout_add_backward = torch.ops.fastgpt.dropout_add_backward.default
+dropout_add_backward = define("dropout_add_backward(Tensor grad, float dropout_p, Tensor seed) -> Tensor",
+                              launcher=("dropout_add", "dropout_add_backward"))
 
 
-@torch.library.register_fake(FORWARD, lib=LIBRARY)
+@torch.library.register_fake(dropout_add, lib=LIBRARY)
 def _(x, residual, dropout_p, seed):
     return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
 
 
-@torch.library.register_fake(BACKWARD, lib=LIBRARY)
+@torch.library.register_fake(dropout_add_backward, lib=LIBRARY)
 def _(grad, dropout_p, seed):
     return grad.new_empty(grad.shape)
 
@@ -46,4 +42,4 @@ def _backward(ctx, grad):
     return dx, grad.to(ctx.residual_dtype), None, None
 
 
-torch.library.register_autograd(FORWARD, _backward, setup_context=_setup_context, lib=LIBRARY)
+torch.library.register_autograd(dropout_add, _backward, setup_context=_setup_context, lib=LIBRARY)

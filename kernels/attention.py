@@ -1,17 +1,18 @@
 """Fused causal attention in Triton: FlashAttention-2 forward and backward with in-kernel dropout.
 
-Installed as `fastgpt.kernels.flash_attention`; `fastgpt.ops.cuda` registers the launchers below as
-the CUDA kernels of the ops `fastgpt::causal_attention`, `::causal_attention_qkv` and their backward
-ops.
+Installed as `fastgpt.kernels.attention`; `fastgpt.ops.cuda` registers the launchers below as
+the CUDA kernels of the ops `fastgpt::causal_attention`, `::causal_attention_qkv`, their backward
+ops and `::attention_keep_mask` (fastgpt/ops/attention.py names them).
 
 What it computes: out = dropout(softmax(q kᵀ / sqrt(D) + causal mask)) v for q, k, v (B, H, T, D),
 and the row logsumexp of the masked, scaled scores (natural log, float32), which the backward uses
 to recompute the probabilities instead of storing the (T, T) matrix.
 
 Supports
-- fp16, bf16 and fp32 inputs (any strides: they are passed to the kernels explicitly), with fp32
-  accumulation and an fp32 online softmax. fp16/bf16 dots run on tensor cores. fp32 dots use
-  input_precision="ieee": no TF32, so fp32 results carry fp32 rounding like PyTorch's default
+- fp16, bf16 and fp32 inputs (any strides, passed to the kernels explicitly: q, k, v share one set,
+  the layout of the packed qkv they are views of, and the launchers copy them where they do not),
+  with fp32 accumulation and an fp32 online softmax. fp16/bf16 dots run on tensor cores. fp32 dots
+  use input_precision="ieee": no TF32, so fp32 results carry fp32 rounding like PyTorch's default
   fp32 matmul (slower than TF32; use bf16 for speed).
 - head sizes 1 to 128 (the head axis is padded to a power of two >= 16 and masked); any T (tiles
   on the tail are masked, no "T % 128 == 0" rule).
@@ -23,10 +24,11 @@ Supports
 
 How: the forward walks key tiles left of the diagonal without any mask, then the diagonal tiles
 with the causal mask (tiles right of the diagonal are never visited). The backward runs a
-preprocessing pass delta = rowsum(dO ∘ O), then one kernel per key tile accumulating dK and dV
-over the query tiles at and below the diagonal, and one kernel per query tile accumulating dQ
-over the key tiles at and left of it. No atomics: every output element is written by exactly one
-program, so results are identical run to run.
+preprocessing pass delta = rowsum(dO ∘ O), then one backward kernel twice, each launch with its
+own tiles: one program per key tile accumulating dK and dV over the query tiles at and below the
+diagonal, then one per query tile accumulating dQ over the key tiles at and left of it. No
+atomics: every output element is written by exactly one program, so results are identical run to
+run.
 
 Tile sizes are autotuned per (T rounded up to a power of two, head size, dtype, dropout on/off).
 Under TRITON_INTERPRET=1 (read by Triton when the kernels are decorated, i.e. when this module is
@@ -136,15 +138,14 @@ def _store_rows(ptr, tile, offs_rows, offs_d, stride_t, stride_d, T, HEAD_DIM: t
 
 
 @triton.jit
-def _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt, stride_vd,
-                   offs_m, offs_d, bh, lo, hi, T, qk_scale, seed, threshold,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
-                   DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_t, stride_d, offs_m, offs_d, bh, lo, hi,
+                   T, qk_scale, seed, threshold, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                   DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online softmax over key tiles [lo, hi): running max m_i and sum l_i in log2 units, acc the
     unnormalised (dropped) output. DIAGONAL tiles get the causal mask and the tail mask."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr, offs_n, offs_d, stride_kt, stride_kd, T, HEAD_DIM, DIAGONAL)
+        k = _load_rows(k_ptr, offs_n, offs_d, stride_t, stride_d, T, HEAD_DIM, DIAGONAL)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         if DIAGONAL:
             # keys past T are also past every real row, so the causal mask covers the tail
@@ -155,7 +156,7 @@ def _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd, stride_
         l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts every weight, dropped or not
         if DROPOUT:
             p = tl.where(_keep(seed, bh, offs_m, start_n, threshold, BLOCK_N), p, 0.0)
-        v = _load_rows(v_ptr, offs_n, offs_d, stride_vt, stride_vd, T, HEAD_DIM, DIAGONAL)
+        v = _load_rows(v_ptr, offs_n, offs_d, stride_t, stride_d, T, HEAD_DIM, DIAGONAL)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -164,9 +165,7 @@ def _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd, stride_
 @triton.autotune(configs=_ROW_TILES, key=_TUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["seed", "threshold"])
 def _forward_kernel(Q, K, V, O, LSE,
-                    stride_qb, stride_qh, stride_qt, stride_qd,
-                    stride_kb, stride_kh, stride_kt, stride_kd,
-                    stride_vb, stride_vh, stride_vt, stride_vd,
+                    stride_b, stride_h, stride_t, stride_d,
                     stride_ob, stride_oh, stride_ot, stride_od,
                     H, T, T_BUCKET, sm_scale, seed, threshold, keep_scale,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
@@ -177,24 +176,22 @@ def _forward_kernel(Q, K, V, O, LSE,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
 
-    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, stride_qd, T,
-                   HEAD_DIM, True)
-    k_ptr, v_ptr = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
+    head = b * stride_b + h * stride_h  # where this head starts in q, k and v
+    q = _load_rows(Q + head, offs_m, offs_d, stride_t, stride_d, T, HEAD_DIM, True)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E  # scores in log2 units for exp2
 
     # keys left of the diagonal block: every one is visible to every row of this block
-    acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd,
-                                   stride_vt, stride_vd, offs_m, offs_d, bh, 0, start_m,
-                                   T, qk_scale, seed, threshold, HEAD_DIM, BLOCK_N, False,
-                                   DROPOUT, DOT_PRECISION)
+    acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, K + head, V + head, stride_t, stride_d,
+                                   offs_m, offs_d, bh, 0, start_m, T, qk_scale, seed, threshold,
+                                   HEAD_DIM, BLOCK_N, False, DROPOUT, DOT_PRECISION)
     # the diagonal block, in BLOCK_N-wide tiles, masked; tiles starting past T are skipped
-    acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, k_ptr, v_ptr, stride_kt, stride_kd,
-                                   stride_vt, stride_vd, offs_m, offs_d, bh, start_m,
-                                   tl.minimum(start_m + BLOCK_M, T), T, qk_scale, seed, threshold,
-                                   HEAD_DIM, BLOCK_N, True, DROPOUT, DOT_PRECISION)
+    acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, K + head, V + head, stride_t, stride_d,
+                                   offs_m, offs_d, bh, start_m, tl.minimum(start_m + BLOCK_M, T), T,
+                                   qk_scale, seed, threshold, HEAD_DIM, BLOCK_N, True, DROPOUT,
+                                   DOT_PRECISION)
 
     out = acc / l_i[:, None]
     if DROPOUT:
@@ -230,19 +227,7 @@ def _delta_kernel(O, DO, DELTA,
 
 
 @triton.jit
-def _backward_head(Q, K, V, DO, LSE, DELTA, stride_qb, stride_qh, stride_kb, stride_kh,
-                   stride_vb, stride_vh, stride_dob, stride_doh, H, T):
-    """The (batch, head) of this backward program (grid axis 1): b·H + h, b, h, and where that
-    head starts in q, k, v, dO, the logsumexp and delta."""
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
-    return (bh, b, h, Q + b * stride_qb + h * stride_qh, K + b * stride_kb + h * stride_kh,
-            V + b * stride_vb + h * stride_vh, DO + b * stride_dob + h * stride_doh,
-            LSE + bh * T, DELTA + bh * T)
-
-
-@triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
+def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_t, stride_d,
                 stride_dot, stride_dod, start_n, offs_n, offs_d, bh, lo, hi, T, qk_scale, seed,
                 threshold, keep_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -250,7 +235,7 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stri
     (keys along rows). Query rows past T load as zeros (q, dO, lse, delta) and add exactly 0."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q = _load_rows(q_ptr, offs_m, offs_d, stride_qt, stride_qd, T, HEAD_DIM, True)
+        q = _load_rows(q_ptr, offs_m, offs_d, stride_t, stride_d, T, HEAD_DIM, True)
         do = _load_rows(do_ptr, offs_m, offs_d, stride_dot, stride_dod, T, HEAD_DIM, True)
         lse = tl.load(lse_ptr + offs_m, mask=offs_m < T, other=0.0) * LOG2E
         delta = tl.load(delta_ptr + offs_m, mask=offs_m < T, other=0.0)
@@ -271,59 +256,16 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stri
     return dk, dv
 
 
-@triton.autotune(configs=_COLUMN_TILES, key=_TUNE_KEY, prune_configs_by=_PRUNE)
-@triton.jit(do_not_specialize=["seed", "threshold"])
-def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
-                 stride_qb, stride_qh, stride_qt, stride_qd,
-                 stride_kb, stride_kh, stride_kt, stride_kd,
-                 stride_vb, stride_vh, stride_vt, stride_vd,
-                 stride_dob, stride_doh, stride_dot, stride_dod,
-                 stride_dkb, stride_dkh, stride_dkt, stride_dkd,
-                 stride_dvb, stride_dvh, stride_dvt, stride_dvd,
-                 H, T, T_BUCKET, sm_scale, seed, threshold, keep_scale,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_n = tl.program_id(0) * BLOCK_N
-    bh, b, h, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr = _backward_head(
-        Q, K, V, DO, LSE, DELTA, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
-        stride_dob, stride_doh, H, T)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    k = _load_rows(k_ptr, offs_n, offs_d, stride_kt, stride_kd, T, HEAD_DIM, True)
-    v = _load_rows(v_ptr, offs_n, offs_d, stride_vt, stride_vd, T, HEAD_DIM, True)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    qk_scale = sm_scale * LOG2E
-
-    # the diagonal block: queries [start_n, start_n + BLOCK_N), masked
-    diagonal_end = tl.minimum(start_n + BLOCK_N, T)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
-                         stride_dot, stride_dod, start_n, offs_n, offs_d, bh, start_n, diagonal_end, T,
-                         qk_scale, seed, threshold, keep_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, DROPOUT,
-                         DOT_PRECISION)
-    # queries below it see every key of this tile
-    dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd,
-                         stride_dot, stride_dod, start_n, offs_n, offs_d, bh, diagonal_end, T, T, qk_scale,
-                         seed, threshold, keep_scale, HEAD_DIM, BLOCK_M, BLOCK_N, False, DROPOUT,
-                         DOT_PRECISION)
-    if DROPOUT:
-        dv = dv * keep_scale
-    _store_rows(DK + b * stride_dkb + h * stride_dkh, dk * sm_scale, offs_n, offs_d, stride_dkt,
-                stride_dkd, T, HEAD_DIM)
-    _store_rows(DV + b * stride_dvb + h * stride_dvh, dv, offs_n, offs_d, stride_dvt, stride_dvd,
-                T, HEAD_DIM)
-
-
 @triton.jit
-def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt, stride_vd,
-              offs_m, offs_d, bh, lo, hi, T, qk_scale, seed, threshold, keep_scale,
-              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
-              DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_t, stride_d, offs_m, offs_d, bh, lo, hi,
+              T, qk_scale, seed, threshold, keep_scale, HEAD_DIM: tl.constexpr,
+              BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
     """Accumulate dQ (without the 1/sqrt(D)) of one query tile over key tiles [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr, offs_n, offs_d, stride_kt, stride_kd, T, HEAD_DIM, DIAGONAL)
-        v = _load_rows(v_ptr, offs_n, offs_d, stride_vt, stride_vd, T, HEAD_DIM, DIAGONAL)
+        k = _load_rows(k_ptr, offs_n, offs_d, stride_t, stride_d, T, HEAD_DIM, DIAGONAL)
+        v = _load_rows(v_ptr, offs_n, offs_d, stride_t, stride_d, T, HEAD_DIM, DIAGONAL)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.exp2(s - lse[:, None])
         if DIAGONAL:
@@ -337,43 +279,75 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_
     return dq
 
 
-@triton.autotune(configs=_ROW_TILES, key=_TUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["seed", "threshold"])
-def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
-               stride_qb, stride_qh, stride_qt, stride_qd,
-               stride_kb, stride_kh, stride_kt, stride_kd,
-               stride_vb, stride_vh, stride_vt, stride_vd,
-               stride_dob, stride_doh, stride_dot, stride_dod,
-               stride_dqb, stride_dqh, stride_dqt, stride_dqd,
-               H, T, T_BUCKET, sm_scale, seed, threshold, keep_scale,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh, b, h, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr = _backward_head(
-        Q, K, V, DO, LSE, DELTA, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
-        stride_dob, stride_doh, H, T)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+def _backward_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
+                     stride_b, stride_h, stride_t, stride_d,
+                     stride_dob, stride_doh, stride_dot, stride_dod,
+                     stride_gb, stride_gh, stride_gt, stride_gd,
+                     H, T, T_BUCKET, sm_scale, seed, threshold, keep_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr, KEY_TILES: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """With KEY_TILES, dK and dV of the BLOCK_N keys of tile program_id(0), over the queries at and
+    below them; otherwise dQ of its BLOCK_M queries, over the keys at and left of them. q, k, v
+    share one layout (strides stride_b ..), dq, dk, dv another (stride_gb ..)."""
+    bh = tl.program_id(1).to(tl.int64)  # b·H + h
+    b, h = bh // H, bh % H
+    head, grad_head = b * stride_b + h * stride_h, b * stride_gb + h * stride_gh
+    do_ptr, lse_ptr, delta_ptr = DO + b * stride_dob + h * stride_doh, LSE + bh * T, DELTA + bh * T
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(q_ptr, offs_m, offs_d, stride_qt, stride_qd, T, HEAD_DIM, True)
-    do = _load_rows(do_ptr, offs_m, offs_d, stride_dot, stride_dod, T, HEAD_DIM, True)
-    lse = tl.load(lse_ptr + offs_m, mask=offs_m < T, other=0.0) * LOG2E
-    delta = tl.load(delta_ptr + offs_m, mask=offs_m < T, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
 
-    dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt,
-                   stride_vd, offs_m, offs_d, bh, 0, start_m, T, qk_scale, seed,
-                   threshold, keep_scale, HEAD_DIM, BLOCK_N, False, DROPOUT, DOT_PRECISION)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_kd, stride_vt,
-                   stride_vd, offs_m, offs_d, bh, start_m,
-                   tl.minimum(start_m + BLOCK_M, T), T, qk_scale, seed, threshold, keep_scale,
-                   HEAD_DIM, BLOCK_N, True, DROPOUT, DOT_PRECISION)
-    _store_rows(DQ + b * stride_dqb + h * stride_dqh, dq * sm_scale, offs_m, offs_d, stride_dqt,
-                stride_dqd, T, HEAD_DIM)
+    if KEY_TILES:
+        start_n = tl.program_id(0) * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(K + head, offs_n, offs_d, stride_t, stride_d, T, HEAD_DIM, True)
+        v = _load_rows(V + head, offs_n, offs_d, stride_t, stride_d, T, HEAD_DIM, True)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        # the diagonal block: queries [start_n, start_n + BLOCK_N), masked
+        diagonal_end = tl.minimum(start_n + BLOCK_N, T)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Q + head, do_ptr, lse_ptr, delta_ptr, stride_t,
+                             stride_d, stride_dot, stride_dod, start_n, offs_n, offs_d, bh,
+                             start_n, diagonal_end, T, qk_scale, seed, threshold, keep_scale,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, True, DROPOUT, DOT_PRECISION)
+        # queries below it see every key of this tile
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Q + head, do_ptr, lse_ptr, delta_ptr, stride_t,
+                             stride_d, stride_dot, stride_dod, start_n, offs_n, offs_d, bh,
+                             diagonal_end, T, T, qk_scale, seed, threshold, keep_scale,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, False, DROPOUT, DOT_PRECISION)
+        if DROPOUT:
+            dv = dv * keep_scale
+        _store_rows(DK + grad_head, dk * sm_scale, offs_n, offs_d, stride_gt, stride_gd, T,
+                    HEAD_DIM)
+        _store_rows(DV + grad_head, dv, offs_n, offs_d, stride_gt, stride_gd, T, HEAD_DIM)
+    else:
+        start_m = tl.program_id(0) * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = _load_rows(Q + head, offs_m, offs_d, stride_t, stride_d, T, HEAD_DIM, True)
+        do = _load_rows(do_ptr, offs_m, offs_d, stride_dot, stride_dod, T, HEAD_DIM, True)
+        lse = tl.load(lse_ptr + offs_m, mask=offs_m < T, other=0.0) * LOG2E
+        delta = tl.load(delta_ptr + offs_m, mask=offs_m < T, other=0.0)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        # keys left of the diagonal block, then the diagonal block, masked
+        dq = _dq_tiles(dq, q, do, lse, delta, K + head, V + head, stride_t, stride_d, offs_m,
+                       offs_d, bh, 0, start_m, T, qk_scale, seed, threshold, keep_scale,
+                       HEAD_DIM, BLOCK_N, False, DROPOUT, DOT_PRECISION)
+        dq = _dq_tiles(dq, q, do, lse, delta, K + head, V + head, stride_t, stride_d, offs_m,
+                       offs_d, bh, start_m, tl.minimum(start_m + BLOCK_M, T), T, qk_scale, seed,
+                       threshold, keep_scale, HEAD_DIM, BLOCK_N, True, DROPOUT, DOT_PRECISION)
+        _store_rows(DQ + grad_head, dq * sm_scale, offs_m, offs_d, stride_gt, stride_gd, T,
+                    HEAD_DIM)
+
+
+# The backward kernel tuned twice: by key tiles for dK/dV, by query tiles for dQ.
+_dkdv_kernel = triton.autotune(configs=_COLUMN_TILES, key=_TUNE_KEY,
+                               prune_configs_by=_PRUNE)(_backward_kernel)
+_dq_kernel = triton.autotune(configs=_ROW_TILES, key=_TUNE_KEY, prune_configs_by=_PRUNE)(_backward_kernel)
 
 
 # ---------------------------------------------------------------------------------------------
-# The debug entry point: the keep-mask itself
+# The keep-mask itself (the op fastgpt::attention_keep_mask)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -419,17 +393,26 @@ def _check(*tensors: torch.Tensor) -> None:
                for t in tensors), "q, k, v (and dO, O) must share shape, dtype and device"
 
 
+def _shared_strides(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors with one set of strides, as the kernels read q, k and v: as they are when they
+    share it already (views of one packed tensor), else contiguous copies (as csrc/attention.cpp's
+    readable_qkv)."""
+    if all(t.stride() == tensors[0].stride() for t in tensors):
+        return tensors
+    return tuple(t.contiguous() for t in tensors)
+
+
 def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
                             seed: torch.Tensor, out: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (B, H, T, D) in q's dtype, logsumexp (B, H, T) float32); `out` may be given, any strides."""
     _check(q, k, v)
+    q, k, v = _shared_strides(q, k, v)
     B, H, T, D = q.shape
     out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device) if out is None else out
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-    _forward_kernel[_grid(q, "BLOCK_M")](q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(),
-                                         *out.stride(), **_shape_args(q),
-                                         **_dropout_args(dropout_p, seed))
+    _forward_kernel[_grid(q, "BLOCK_M")](q, k, v, out, lse, *q.stride(), *out.stride(),
+                                         **_shape_args(q), **_dropout_args(dropout_p, seed))
     return out, lse
 
 
@@ -439,10 +422,15 @@ def flash_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.T
                              grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the inputs' dtype, recomputing the probabilities from q, k and lse; they
-    are written into `grads` when given (any strides)."""
+    are written into `grads` when given (with one set of strides: views of one packed gradient),
+    else into new contiguous tensors, as the op's fake says."""
     _check(q, k, v, grad_out, out)
     assert lse.dtype == torch.float32 and lse.is_contiguous(), "lse comes from the forward"
-    dq, dk, dv = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)) if grads is None else grads
+    q, k, v = _shared_strides(q, k, v)
+    if grads is None:
+        grads = tuple(torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    dq, dk, dv = grads
+    assert dq.stride() == dk.stride() == dv.stride(), "dq, dk, dv are written with one set of strides"
     delta = torch.empty_like(lse)
     shape, dropout = _shape_args(q), _dropout_args(dropout_p, seed)
     B, H, T, _ = q.shape
@@ -450,11 +438,9 @@ def flash_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.T
                                                *grad_out.stride(), H, T,
                                                HEAD_DIM=shape["HEAD_DIM"],
                                                BLOCK_D=shape["BLOCK_D"], BLOCK_M=64)
-    strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
-    _dkdv_kernel[_grid(q, "BLOCK_N")](q, k, v, grad_out, lse, delta, dk, dv, *strides,
-                                      *dk.stride(), *dv.stride(), **shape, **dropout)
-    _dq_kernel[_grid(q, "BLOCK_M")](q, k, v, grad_out, lse, delta, dq, *strides, *dq.stride(),
-                                    **shape, **dropout)
+    args = (q, k, v, grad_out, lse, delta, dq, dk, dv, *q.stride(), *grad_out.stride(), *dq.stride())
+    _dkdv_kernel[_grid(q, "BLOCK_N")](*args, **shape, **dropout, KEY_TILES=True)
+    _dq_kernel[_grid(q, "BLOCK_M")](*args, **shape, **dropout, KEY_TILES=False)
     return dq, dk, dv
 
 
@@ -478,12 +464,12 @@ def flash_attention_backward_qkv(grad_out: torch.Tensor, qkv: torch.Tensor, out:
     return dqkv
 
 
-def keep_mask(seed: int, B: int, H: int, T: int, p: float,
-              device: torch.device | str) -> torch.Tensor:
-    """The bool (B, H, T, T) keep-mask the kernels use for this seed and shape, made by a kernel
-    that calls the same `_keep` as the attention kernels."""
-    out = torch.empty(B, H, T, T, dtype=torch.uint8, device=device)
+def keep_mask(seed: torch.Tensor, B: int, H: int, T: int, dropout_p: float) -> torch.Tensor:
+    """fastgpt::attention_keep_mask: the bool (B, H, T, T) keep-mask the kernels use for this seed
+    and shape, on the seed's device, made by a kernel that calls the same `_keep` as the attention
+    kernels."""
+    out = torch.empty(B, H, T, T, dtype=torch.uint8, device=seed.device)
     block_m, block_n = 16, 64
-    _keep_mask_kernel[(triton.cdiv(T, block_m), B * H)](out, T, int(seed), dropout_threshold(p),
+    _keep_mask_kernel[(triton.cdiv(T, block_m), B * H)](out, T, int(seed), dropout_threshold(dropout_p),
                                                        BLOCK_M=block_m, BLOCK_N=block_n)
     return out.view(torch.bool)

@@ -1,5 +1,5 @@
 // The fused residual dropout: out = x·keep·keep_scale (+ residual), with the attention kernels'
-// Philox draws. Compiled once per instruction set (isa_copies.h) for dropout.cpp, hence no include
+// Philox draws. Compiled once per instruction set (isa_copies.h) for dropout_add.cpp, hence no include
 // guard and nothing from ATen.
 
 #include "vector_ops.h"
