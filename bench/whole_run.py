@@ -202,8 +202,8 @@ NANOGPT_FLAGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=
                  "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
                  "--lr_decay_iters=2000", "--dropout=0.0"]
 # The candidate for `--preset quick` (docs/quick.md): flags of `python -m fastgpt.train`.
-QUICK_FLAGS = ("--preset nanogpt-cpu --batch-size 32 --learning-rate 3e-3 --warmup-iters 50 "
-               "--max-iters 450 --eval-interval 450 --eval-iters 8")
+QUICK_FLAGS = ("--preset nanogpt-cpu --batch-size 32 --learning-rate 2e-3 --warmup-iters 50 "
+               "--max-iters 600 --eval-interval 600 --eval-iters 16")
 
 
 def with_flag(argv: list[str], name: str, value) -> list[str]:
