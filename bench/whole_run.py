@@ -381,6 +381,9 @@ def main(argv=None) -> dict:
               "load_start": loadavg(), "runs": []}
     print(f"whole_run: {model}, {args.threads} threads, load {report['load_start']}; "
           f"{args.rounds} rounds of {', '.join(names)}", file=sys.stderr)
+    out = args.out
+    if out is None and not args.smoke:
+        out = RESULTS / (f"cpu-{cpu_slug(model)}-{args.threads}threads-{report['date']}-whole-run.json")
     with tempfile.TemporaryDirectory(prefix="whole-run-") as scratch:
         for r in range(args.rounds):
             for name in names:
@@ -397,17 +400,20 @@ def main(argv=None) -> dict:
                       file=sys.stderr)
                 if result["rc"] != 0:
                     print("\n".join(result.get("tail", [])), file=sys.stderr)
+                write(report, out, names, pairs)  # after every run: a stopped measurement keeps its runs
+    write(report, out, names, pairs)
+    print(table(report["summary"]))
+    if out:
+        print(f"wrote {out}", file=sys.stderr)
+    return report
+
+
+def write(report: dict, out: Optional[str], names: list[str], pairs: list[str]) -> None:
     report["load_end"] = loadavg()
     report["summary"] = summarise(report["runs"], names, pairs)
-    print(table(report["summary"]))
-    out = args.out
-    if out is None and not args.smoke:
-        out = RESULTS / (f"cpu-{cpu_slug(model)}-{args.threads}threads-{report['date']}-whole-run.json")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {out}", file=sys.stderr)
-    return report
 
 
 if __name__ == "__main__":
