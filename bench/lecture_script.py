@@ -1,5 +1,5 @@
 """The lecture's whole training script (Karpathy's `gpt.py`, "Let's build GPT") around
-bench/lecture_gpt.py's GPTLanguageModel: read the text, the char tokenizer, a 90/10 split, the
+tests/lecture_gpt.py's GPTLanguageModel: read the text, the char tokenizer, a 90/10 split, the
 lecture's get_batch, estimate_loss every eval_interval steps (and at the last) with eval_iters
 random batches per split, AdamW at a constant learning rate, then a sample. Its sizes,
 iterations and evaluation plan are flags, so that it runs what `python -m fastgpt.train --preset
@@ -29,7 +29,7 @@ import time
 import torch
 
 try:
-    from bench.lecture_gpt import GPTLanguageModel
+    from tests.lecture_gpt import GPTLanguageModel
 except ImportError:  # run as a file: python bench/lecture_script.py
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from lecture_gpt import GPTLanguageModel
