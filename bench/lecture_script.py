@@ -31,16 +31,16 @@ import torch
 try:
     from tests.lecture_gpt import GPTLanguageModel
 except ImportError:  # run as a file: python bench/lecture_script.py
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     from lecture_gpt import GPTLanguageModel
 
 
 def packaged_corpus() -> str:
-    """fastgpt's tiny Shakespeare (fastgpt/tinyshakespeare.txt.gz), found without importing fastgpt."""
+    """fastgpt's tiny Shakespeare (fastgpt/data/tinyshakespeare.txt.gz), found without importing fastgpt."""
     spec = importlib.util.find_spec("fastgpt")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("lecture_script: fastgpt not found; pass --data FILE")
-    return os.path.join(list(spec.submodule_search_locations)[0], "tinyshakespeare.txt.gz")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data", "tinyshakespeare.txt.gz")
 
 
 def read_text(path: str) -> str:
