@@ -104,12 +104,17 @@ def model_tensors(ckpt: dict) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def optimizer_tensors(ckpt: dict) -> Iterator[tuple[str, torch.Tensor]]:
-    """AdamW's moments: what a resumed run trains with besides the weights."""
+    """The optimizer's moments (AdamW's, or Muon's and AdamW's): what a resumed run trains with
+    besides the weights."""
     optimizer = ckpt.get("optimizer")
-    if isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict):
-        for index, state in optimizer["state"].items():
-            if isinstance(state, dict):
-                yield from ((f"optimizer state {key} of parameter {index}", t) for key, t in state.items())
+    states = optimizer.get("optimizers", [optimizer]) if isinstance(optimizer, dict) else []
+    states = states if isinstance(states, list) else []
+    for number, own in enumerate(states):
+        label = "optimizer" if len(states) == 1 else f"optimizer {number}"
+        if isinstance(own, dict) and isinstance(own.get("state"), dict):
+            for index, state in own["state"].items():
+                if isinstance(state, dict):
+                    yield from ((f"{label} state {key} of parameter {index}", t) for key, t in state.items())
 
 
 def check_finite(named_tensors: Iterable[tuple[str, torch.Tensor]], path: Path) -> None:

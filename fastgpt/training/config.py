@@ -55,6 +55,9 @@ class TrainConfig:
     beta1: float = _opt(0.9, "AdamW beta1")
     beta2: float = _opt(0.999, "AdamW beta2")
     grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 turns clipping off)")
+    optimizer: str = _opt("adamw", "adamw, or muon: Muon (torch.optim.Muon, its rate matched to "
+                                   "AdamW's) on the blocks' weight matrices, AdamW on the rest",
+                          choices=("adamw", "muon"))
     # evaluation and output
     eval_interval: int = _opt(500, "steps between evaluations and checkpoints")
     eval_iters: int = _opt(200, "batches per split in each evaluation")

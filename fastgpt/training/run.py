@@ -87,14 +87,47 @@ def check_memory(cfg: TrainConfig, vocab_size: int, device: torch.device) -> Non
                device, "pass a smaller --n-embd, --n-layer, --block-size or --batch-size")
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
     """AdamW as nanoGPT sets it up: weight decay on the matrices (Linear and Embedding weights) only;
-    the fused kernel where this torch has one for the device, else the multi-tensor (foreach) one."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    the fused kernel where this torch has one for the device, else the multi-tensor (foreach) one.
+    With --optimizer muon, the blocks' weight matrices go to Muon instead (Optimizers)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    muon = [p for name, p in named if cfg.optimizer == "muon" and p.dim() == 2 and name.startswith("blocks.")]
+    taken = {id(p) for p in muon}
+    params = [p for _, p in named if id(p) not in taken]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     kernel = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **kernel)
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **kernel)
+    if not muon:
+        return adamw
+    # match_rms_adamw scales Muon's orthogonal updates to AdamW's size: one rate, one schedule.
+    return Optimizers(torch.optim.Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                       adjust_lr_fn="match_rms_adamw"), adamw)
+
+
+class Optimizers:
+    """Several optimizers stepped as one, each over its own parameters. `param_groups` is all of
+    their groups (the loop sets every group's rate); the state is each one's, in order."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+        self.param_groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for optimizer, own in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(own)
 
 
 # ---------------------------------------------------------------------------------------------

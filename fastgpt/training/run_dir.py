@@ -77,6 +77,11 @@ def check_resume(cfg: TrainConfig, ckpt: dict, out_dir: Path) -> None:
             raise UserError(f"{flag(name)} {getattr(cfg, name)} contradicts the checkpoint {path} "
                             f"({name} = {saved[name]}); drop the flag to resume, or start a new "
                             f"run with another --out-dir")
+    saved_optimizer = ckpt["train_config"].get("optimizer", "adamw")
+    if cfg.optimizer != saved_optimizer:
+        raise UserError(f"--optimizer {cfg.optimizer} contradicts the checkpoint {path} (trained "
+                        f"with {saved_optimizer}); drop the flag to resume, or start a new run "
+                        f"with another --out-dir")
     if cfg.max_iters <= ckpt["iter"]:
         raise UserError(f"{path} has already trained {ckpt['iter']} iterations; pass a --max-iters "
                         f"above {ckpt['iter']} to train further")
