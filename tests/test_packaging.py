@@ -29,7 +29,7 @@ def test_the_wheel_holds_every_module_the_corpus_and_the_extension(tmp_path):
     (wheel,) = tmp_path.glob("fastgpt_char-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not source_modules() - names, f"modules missing from the wheel: {sorted(source_modules() - names)}"
-    assert "fastgpt/tinyshakespeare.txt.gz" in names
+    assert "fastgpt/data/tinyshakespeare.txt.gz" in names
     assert any(name.startswith("fastgpt/_C.") and name.endswith((".so", ".pyd")) for name in names), sorted(names)
 
 
