@@ -93,7 +93,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Rand
 
 # Evaluation scores its batches about this many tokens a forward call: the same windows and the
 # same mean loss as a batch a call, in fewer and larger calls, which keep the cores busier.
-EVAL_TOKENS_PER_CALL = 1 << 16
+EVAL_TOKENS_PER_CALL = 1 << 14
 
 
 @torch.no_grad()
