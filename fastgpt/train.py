@@ -92,7 +92,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Rand
 
 
 # Evaluation scores its batches about this many tokens a forward call: the same windows and the
-# same mean loss as a batch a call, in fewer and larger calls, which keep the cores busier.
+# same mean loss as a batch a call, in fewer calls, whose parallel regions a busy machine delays
+# less (bench/results/cpu-profile-2026-12-03.md).
 EVAL_TOKENS_PER_CALL = 1 << 14
 
 
