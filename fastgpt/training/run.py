@@ -48,11 +48,9 @@ def resolve_config(args) -> tuple[TrainConfig, Optional[dict]]:
 def text_splits(cfg: TrainConfig, ckpt: Optional[dict]):
     """A text file (or the packaged corpus), encoded in memory."""
     source = TextSource.file(cfg.data) if cfg.data is not None else TextSource.packaged()
-    if ckpt is None:
-        ids, tokenizer, data_hash = encode_chars(source, show_progress=True)
-    else:
-        ids, tokenizer, data_hash = encode_chars(source, checkpoint.tokenizer_from_checkpoint(ckpt),
-                                                 ckpt.get("data_sha256"), show_progress=True)
+    resumed_tokenizer = None if ckpt is None else checkpoint.tokenizer_from_checkpoint(ckpt)
+    ids, tokenizer, data_hash = encode_chars(source, resumed_tokenizer, None if ckpt is None else
+                                             ckpt.get("data_sha256"), show_progress=True)
     return split(ids, cfg.block_size), tokenizer, data_hash, 1.0
 
 
