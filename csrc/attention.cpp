@@ -89,6 +89,15 @@ int64_t key_blocks_per_chunk(int64_t heads, int64_t seq_len) {
   return ceil_div(blocks, std::max<int64_t>(1, std::min(blocks, ceil_div(16, heads))));
 }
 
+// Query rows per forward task: a head's rows in one task, so that each key tile is transposed
+// once, split when there are few heads to spread over the threads (or rows beyond kQueryBlock). A
+// function of the shape only, like the backward's chunks (the rows' results do not depend on it).
+int64_t rows_per_forward_task(int64_t heads, int64_t seq_len) {
+  const int64_t chunks = std::max({int64_t{1}, ceil_div(seq_len, kQueryBlock),
+                                   std::min(ceil_div(seq_len, kKeyBlock), ceil_div(16, heads))});
+  return std::max(kRowGroup, round_up(static_cast<int>(ceil_div(seq_len, chunks)), kRowGroup));
+}
+
 // Causal attention of q, k, v (B, H, T, D) into out (B, H, T, D, q's dtype, any strides: a view of
 // the (B, T, H, D) memory the output projection reads); returns the logsumexp (B, H, T).
 Tensor forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& out_in, double dropout_p,
@@ -104,7 +113,7 @@ Tensor forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   Tensor lse = at::empty({B, H, T}, q.options().dtype(dtype));
   const Dropout dr = make_dropout(dropout_p, seed);
-  const int64_t blocks = ceil_div(T, kQueryBlock);
+  const int64_t task_rows = rows_per_forward_task(B * H, T), blocks = ceil_div(T, task_rows);
   AT_DISPATCH_FLOATING_TYPES(dtype, "fastgpt_attention_forward", [&] {
     with_head_size(D, [&](auto head_size) {
       constexpr int kD = decltype(head_size)::value;
@@ -113,10 +122,10 @@ Tensor forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const
       with_isa([&](auto kernels) {
         at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t task = begin; task < end; ++task) {
-            const int64_t bh = task / blocks, b = bh / H, h = bh % H, r0 = (task % blocks) * kQueryBlock;
+            const int64_t bh = task / blocks, b = bh / H, h = bh % H, r0 = (task % blocks) * task_rows;
             decltype(kernels)::template forward<scalar_t, kD>(
                 head_rows<const scalar_t>(q, b, h), head_rows<const scalar_t>(k, b, h),
-                head_rows<const scalar_t>(v, b, h), r0, std::min(T, r0 + kQueryBlock), scale, dr,
+                head_rows<const scalar_t>(v, b, h), r0, std::min(T, r0 + task_rows), scale, dr,
                 static_cast<uint64_t>(bh), head_rows<scalar_t>(out, b, h), lp + bh * T);
           }
         });

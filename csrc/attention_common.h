@@ -9,8 +9,9 @@ namespace fastgpt {
 
 constexpr int kLanes = 8;        // elements per vector step (one AVX2 register of float)
 constexpr int kKeyBlock = 64;    // keys per tile: K^T and V^T of a tile stay in L1
-constexpr int kQueryBlock = 32;  // query rows per forward task
-constexpr int kRowGroup = 4;     // query rows that share each load of a key tile
+constexpr int kQueryBlock = 256;  // query rows per forward task at most: its row state stays in L2
+constexpr int kRowGroup = 4;     // query rows that share each load of a key tile (forward)
+constexpr int kBackwardRows = 16;  // query rows per backward step: the depth of the dK and dV products
 
 // What the decode step's linear kernel does with each output: y = out, y = relu(out), or y += out
 // (a residual connection).

@@ -77,34 +77,65 @@ inline void tile_dots(const T* a, const T* bt, int npad, T* s) {
 
 // out[r] += sum_j w[r][j] · rows[j0 + j] for kRowGroup rows of out (kRowGroup, D) and n rows;
 // the rows of a group are independent FMA chains, which hides their latency for small D.
+// (At D = kLanes the even and odd j go to separate accumulators: kVecsPerStep chains a row either way.)
 template <typename T, int D>
 inline void tile_weighted_rows(const T* w, Rows<const T> rows, int64_t j0, int n, T* out) {
   constexpr int kVecs = D >= kVecsPerStep * kLanes ? kVecsPerStep : 1;
+  constexpr int kSplit = kVecsPerStep / kVecs;  // interleaved partial sums over j
   for (int d0 = 0; d0 < D; d0 += kVecs * kLanes) {
-    Vec<T> acc[kRowGroup][kVecs] = {};
-    for (int j = 0; j < n; ++j) {
+    Vec<T> acc[kSplit][kRowGroup][kVecs] = {};
+    const auto add_key = [&](int j, Vec<T>(&sums)[kRowGroup][kVecs]) {
       Vec<T> x[kVecs];
       for (int u = 0; u < kVecs; ++u) x[u] = load(rows.row(j0 + j) + d0 + u * kLanes);
       for (int r = 0; r < kRowGroup; ++r)
-        for (int u = 0; u < kVecs; ++u) acc[r][u] += w[r * kKeyBlock + j] * x[u];
-    }
+        for (int u = 0; u < kVecs; ++u) sums[r][u] += w[r * kKeyBlock + j] * x[u];
+    };
+    int j = 0;
+    for (; j + kSplit <= n; j += kSplit)
+      for (int h = 0; h < kSplit; ++h) add_key(j + h, acc[h]);
+    for (; j < n; ++j) add_key(j, acc[0]);
     for (int r = 0; r < kRowGroup; ++r)
       for (int u = 0; u < kVecs; ++u) {
+        Vec<T> sum = acc[0][r][u];
+        for (int h = 1; h < kSplit; ++h) sum += acc[h][r][u];
         T* o = out + r * D + d0 + u * kLanes;
-        store(o, load(o) + acc[r][u]);
+        store(o, load(o) + sum);
       }
   }
 }
 
-// acc[j] += sum_r w[r][j] · rows[r] for j < n: the key-side update (dK, dV) of a row group.
-template <typename T, int D>
-inline void tile_accumulate_keys(const T* w, const T* rows, int n, T* acc) {
-  for (int j = 0; j < n; ++j)
-    for (int d0 = 0; d0 < D; d0 += kLanes) {
-      Vec<T> sum = load(acc + j * D + d0);
-      for (int r = 0; r < kRowGroup; ++r) sum += w[r * kKeyBlock + j] * load(rows + r * D + d0);
-      store(acc + j * D + d0, sum);
+// C (M, N) = A (M, K) · B (K, N), or C += A · B: A read at a[m·a_m + k·a_k] (so a small matrix
+// or its transpose), B's rows at b + k·ldb, C's at c + m·ldc. The register tile is kTileRows rows
+// of kTileVecs vectors, eight independent FMA chains; each B vector loaded serves all its rows.
+template <typename T, int kTileRows, int kTileVecs>
+inline void gemm_tiles(const T* a, int64_t a_m, int64_t a_k, const T* b, int64_t ldb, T* c, int64_t ldc, int M,
+                       int n0, int n1, int K, bool accumulate) {
+  for (int m0 = 0; m0 < M; m0 += kTileRows)
+    for (int c0 = n0; c0 < n1; c0 += kTileVecs * kLanes) {
+      Vec<T> acc[kTileRows][kTileVecs];
+      for (int r = 0; r < kTileRows; ++r)
+        for (int w = 0; w < kTileVecs; ++w)
+          acc[r][w] = accumulate ? load(c + (m0 + r) * ldc + c0 + w * kLanes) : Vec<T>{};
+      for (int k = 0; k < K; ++k) {
+        Vec<T> bk[kTileVecs];
+        for (int w = 0; w < kTileVecs; ++w) bk[w] = load(b + k * ldb + c0 + w * kLanes);
+        for (int r = 0; r < kTileRows; ++r) {
+          const T ark = a[(m0 + r) * a_m + k * a_k];
+          for (int w = 0; w < kTileVecs; ++w) acc[r][w] += ark * bk[w];
+        }
+      }
+      for (int r = 0; r < kTileRows; ++r)
+        for (int w = 0; w < kTileVecs; ++w) store(c + (m0 + r) * ldc + c0 + w * kLanes, acc[r][w]);
     }
+}
+
+// The small products of the backward pass: M a multiple of 8, N of kLanes.
+template <typename T>
+inline void gemm(const T* a, int64_t a_m, int64_t a_k, const T* b, int64_t ldb, T* c, int64_t ldc, int M, int N,
+                 int K, bool accumulate) {
+  const int wide = N / (2 * kLanes) * (2 * kLanes);
+  gemm_tiles<T, 4, 2>(a, a_m, a_k, b, ldb, c, ldc, M, 0, wide, K, accumulate);
+  gemm_tiles<T, 8, 1>(a, a_m, a_k, b, ldb, c, ldc, M, wide, N, K, accumulate);
 }
 
 // The largest of s[j] for j < n (npad = n rounded up to kLanes).
@@ -136,7 +167,8 @@ inline T exp_shifted(T* s, int n, int npad, T shift) {
 
 // ---------------------------------------------------------------------------------------------
 // Forward: query rows [r0, r1) of one head. Online softmax over key tiles, skipping tiles above
-// the diagonal; writes out (T, D) rows and lse (T) entries. bh = b·H + h.
+// the diagonal; writes out (T, D) rows and lse (T) entries. bh = b·H + h. Each key tile is
+// transposed once for all the rows, so the more rows a call takes, the less it transposes.
 // ---------------------------------------------------------------------------------------------
 
 template <typename T, int D>
@@ -144,9 +176,8 @@ void forward_rows(Rows<const T> q, Rows<const T> k, Rows<const T> v, int64_t r0,
                   const Dropout& dr, uint64_t bh, Rows<T> out, T* lse) {
   const int rows = static_cast<int>(r1 - r0);
   // Row state padded by a row group so a group may run past the last row.
-  std::vector<T> qs((kQueryBlock + kRowGroup) * D, T(0)), acc((kQueryBlock + kRowGroup) * D, T(0));
-  std::vector<T> kt(D * kKeyBlock), s(kRowGroup * kKeyBlock), z(kKeyBlock);
-  T m[kQueryBlock], l[kQueryBlock];
+  std::vector<T> qs((rows + kRowGroup) * D, T(0)), acc((rows + kRowGroup) * D, T(0));
+  std::vector<T> kt(D * kKeyBlock), s(kRowGroup * kKeyBlock), z(kKeyBlock), m(rows), l(rows);
   for (int r = 0; r < rows; ++r) {
     for (int d = 0; d < D; ++d) qs[r * D + d] = q.row(r0 + r)[d] * scale;
     m[r] = -std::numeric_limits<T>::infinity();
@@ -199,6 +230,7 @@ template <typename T, int D>
 void backward_keys(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<const T> grad_out, Rows<const T> out,
                    const T* lse, int64_t seq_len, int64_t c0, int64_t c1, T scale, const Dropout& dr, uint64_t bh,
                    Rows<T> dq, Rows<T> dk, Rows<T> dv) {
+  constexpr int kRows = kBackwardRows;
   std::vector<T> delta(seq_len);  // rowsum(dO ∘ O) = rowsum(P ∘ dP), for the rows that see these keys
   for (int64_t i = c0; i < seq_len; ++i) {
     Vec<T> sum = {};
@@ -207,8 +239,8 @@ void backward_keys(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<const
   }
   for (int64_t i = 0; i < seq_len; ++i) std::fill(dq.row(i), dq.row(i) + D, T(0));
   std::vector<T> kt(D * kKeyBlock), vt(D * kKeyBlock), dk_acc(kKeyBlock * D), dv_acc(kKeyBlock * D);
-  std::vector<T> qs(kRowGroup * D), dout(kRowGroup * D), dq_group(kRowGroup * D);
-  std::vector<T> s(kRowGroup * kKeyBlock), dp(kRowGroup * kKeyBlock), z(kKeyBlock);
+  std::vector<T> qs(kRows * D), dout(kRows * D), dq_rows(kRows * D);
+  std::vector<T> s(kRows * kKeyBlock), dp(kRows * kKeyBlock), z(kKeyBlock);
   const T kept = static_cast<T>(dr.keep_scale);
   for (int64_t kb0 = c0; kb0 < c1; kb0 += kKeyBlock) {
     const int nk = static_cast<int>(std::min<int64_t>(kKeyBlock, c1 - kb0));
@@ -216,21 +248,21 @@ void backward_keys(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<const
     load_transposed<T, D>(v, kb0, nk, vt.data());
     std::fill(dk_acc.begin(), dk_acc.end(), T(0));
     std::fill(dv_acc.begin(), dv_acc.end(), T(0));
-    for (int64_t i0 = kb0; i0 < seq_len; i0 += kRowGroup) {
-      const int group = static_cast<int>(std::min<int64_t>(kRowGroup, seq_len - i0));
-      const int n_last = static_cast<int>(std::min<int64_t>(nk, i0 + group - kb0));
+    for (int64_t i0 = kb0; i0 < seq_len; i0 += kRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, seq_len - i0));
+      const int n_last = static_cast<int>(std::min<int64_t>(nk, i0 + rows - kb0));  // keys the last row sees
       const int npad = round_up(n_last, kLanes);
-      for (int r = 0; r < kRowGroup; ++r)
+      for (int r = 0; r < kRows; ++r)
         for (int d = 0; d < D; ++d) {
-          qs[r * D + d] = r < group ? q.row(i0 + r)[d] * scale : T(0);
-          dout[r * D + d] = r < group ? grad_out.row(i0 + r)[d] : T(0);
+          qs[r * D + d] = r < rows ? q.row(i0 + r)[d] * scale : T(0);
+          dout[r * D + d] = r < rows ? grad_out.row(i0 + r)[d] : T(0);
         }
-      tile_dots<T, D>(qs.data(), kt.data(), npad, s.data());
-      tile_dots<T, D>(dout.data(), vt.data(), npad, dp.data());
-      for (int r = 0; r < kRowGroup; ++r) {
+      gemm(qs.data(), D, 1, kt.data(), kKeyBlock, s.data(), kKeyBlock, kRows, npad, D, false);     // S
+      gemm(dout.data(), D, 1, vt.data(), kKeyBlock, dp.data(), kKeyBlock, kRows, npad, D, false);  // dP
+      for (int r = 0; r < kRows; ++r) {
         T* pr = &s[r * kKeyBlock];   // becomes P ∘ Z, the weights of dV
         T* dsr = &dp[r * kKeyBlock];  // becomes dS = P ∘ (dP ∘ Z - delta)
-        if (r >= group) {
+        if (r >= rows) {
           std::fill(pr, pr + npad, T(0));
           std::fill(dsr, dsr + npad, T(0));
           continue;
@@ -250,12 +282,11 @@ void backward_keys(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<const
           store(pr + j, p * zj);
         }
       }
-      tile_accumulate_keys<T, D>(s.data(), dout.data(), n_last, dv_acc.data());
-      tile_accumulate_keys<T, D>(dp.data(), qs.data(), n_last, dk_acc.data());
-      std::fill(dq_group.begin(), dq_group.end(), T(0));
-      tile_weighted_rows<T, D>(dp.data(), k, kb0, n_last, dq_group.data());
-      for (int r = 0; r < group; ++r)
-        for (int d = 0; d < D; ++d) dq.row(i0 + r)[d] += dq_group[r * D + d] * scale;
+      gemm(s.data(), 1, kKeyBlock, dout.data(), D, dv_acc.data(), D, npad, D, kRows, true);  // dV += (P∘Z)^T dO
+      gemm(dp.data(), 1, kKeyBlock, qs.data(), D, dk_acc.data(), D, npad, D, kRows, true);   // dK += dS^T Q
+      gemm(dp.data(), kKeyBlock, 1, k.row(kb0), k.ld, dq_rows.data(), D, kRows, D, n_last, false);  // dQ = dS K
+      for (int r = 0; r < rows; ++r)
+        for (int d = 0; d < D; ++d) dq.row(i0 + r)[d] += dq_rows[r * D + d] * scale;
     }
     for (int j = 0; j < nk; ++j)
       for (int d = 0; d < D; ++d) {

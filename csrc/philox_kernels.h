@@ -37,8 +37,10 @@ constexpr int kDrawsPerPhiloxStep = kLanes * kDrawsPerCall;  // kLanes column bl
 // The 16-bit dropout draws of columns 8·block0 .. 8·block0 + kDrawsPerPhiloxStep - 1 of row `row`
 // of head bh = b·H + h: one Philox call per lane, lane u on column block block0 + u.
 inline void philox_draws(const Dropout& dr, uint64_t bh, uint64_t row, uint64_t block0, uint16_t* draws) {
-  u64xL c0, c1 = u64xL{} + (row & 0xFFFFFFFFu), c2 = u64xL{} + (bh & 0xFFFFFFFFu), c3 = u64xL{} + (bh >> 32);
-  for (int u = 0; u < kLanes; ++u) c0[u] = (block0 + u) & 0xFFFFFFFFu;
+  static_assert(kLanes == 8, "one column block per lane");
+  const u64xL lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+  u64xL c0 = (lanes + block0) & 0xFFFFFFFFu, c1 = u64xL{} + (row & 0xFFFFFFFFu);
+  u64xL c2 = u64xL{} + (bh & 0xFFFFFFFFu), c3 = u64xL{} + (bh >> 32);
   for (int r = 0; r < kPhiloxRounds; ++r) {
     const u64xL product_b = mul_low_words(c2, kPhiloxRoundB), product_a = mul_low_words(c0, kPhiloxRoundA);
     c0 = (product_b >> 32) ^ c1 ^ dr.key0[r];
