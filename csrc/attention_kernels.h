@@ -47,13 +47,41 @@ inline void keep_multipliers(const Dropout& dr, uint64_t bh, int64_t row, int64_
 // Vectors per step of the tile loops: two independent accumulator sets keep both FMA units busy.
 constexpr int kVecsPerStep = 2;
 
+// x[r][c] -> x[c][r] for a kLanes x kLanes block, in three rounds of two-vector shuffles.
+template <typename T>
+inline void transpose_block(Vec<T> (&x)[kLanes]) {
+  static_assert(kLanes == 8, "three rounds of pairs");
+  Vec<T> t[8], u[8];
+  for (int i = 0; i < 4; ++i) {  // pairs of rows interleaved within each half
+    t[2 * i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[2 * i + 1] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int h = 0; h < 2; ++h)  // four rows of columns c and c + 4
+    for (int i = 0; i < 2; ++i) {
+      u[4 * h + 2 * i] = __builtin_shufflevector(t[4 * h + i], t[4 * h + i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[4 * h + 2 * i + 1] = __builtin_shufflevector(t[4 * h + i], t[4 * h + i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int c = 0; c < 4; ++c) {
+    x[c] = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    x[c + 4] = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
 // dst (D, kKeyBlock) = rows j0 .. j0 + n - 1 of src transposed, zero in columns n .. round_up(n).
 template <typename T, int D>
 inline void load_transposed(Rows<const T> src, int64_t j0, int n, T* __restrict dst) {
   const int npad = round_up(n, kVecsPerStep * kLanes);
+  int j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int d0 = 0; d0 < D; d0 += kLanes) {
+      Vec<T> x[kLanes];
+      for (int u = 0; u < kLanes; ++u) x[u] = load(src.row(j0 + j + u) + d0);
+      transpose_block<T>(x);
+      for (int u = 0; u < kLanes; ++u) store(dst + (d0 + u) * kKeyBlock + j, x[u]);
+    }
   for (int d = 0; d < D; ++d) {
-    for (int j = 0; j < n; ++j) dst[d * kKeyBlock + j] = src.row(j0 + j)[d];
-    for (int j = n; j < npad; ++j) dst[d * kKeyBlock + j] = T(0);
+    for (int jr = j; jr < n; ++jr) dst[d * kKeyBlock + jr] = src.row(j0 + jr)[d];
+    for (int jr = n; jr < npad; ++jr) dst[d * kKeyBlock + jr] = T(0);
   }
 }
 
