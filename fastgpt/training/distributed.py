@@ -4,6 +4,7 @@ share of every global batch, and DDP averages the gradients (NCCL between GPUs, 
 processes). Only rank 0 evaluates, logs and writes checkpoints. Without torchrun: one process, no
 process group.
 """
+import gc
 import os
 from dataclasses import dataclass
 
@@ -71,4 +72,8 @@ def start(procs: Processes, device: torch.device) -> torch.device:
 
 def stop(procs: Processes) -> None:
     if procs.distributed and dist.is_initialized():
+        # Cyclic garbage can still hold the DDP wrapper, and its reducer the process group (rank 0:
+        # a loss plot's figure keeps the evaluation's frames alive): free it while the group is
+        # whole, or gloo's threads may be torn down under a live reducer at exit.
+        gc.collect()
         dist.destroy_process_group()
